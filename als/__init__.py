@@ -1,0 +1,32 @@
+"""Node's AsyncLocalStorage for Python: a request's context across await, tasks and threads.
+
+``AsyncLocalStorage.run(store, fn)`` makes ``store`` what ``get_store()``
+returns anywhere below ``fn``: across ``await`` and asyncio/trio tasks (which
+``contextvars`` already follows) and across thread hops (which it does not)
+made through the wrappers here: executors, threads, timers and
+``run_in_executor``. Every hop runs in a fresh copy of the context current
+at the hand-off; nothing a hop sets leaks back or across pooled tasks.
+"""
+
+from ._asyncio import install_default_executor, run_in_executor
+from ._context import Snapshot, bind, snapshot
+from ._executors import ContextFuture, ContextThreadPoolExecutor, wrap_executor
+from ._storage import AsyncLocalStorage, Scope
+from ._threads import ContextThread, ContextTimer
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AsyncLocalStorage",
+    "ContextFuture",
+    "ContextThread",
+    "ContextThreadPoolExecutor",
+    "ContextTimer",
+    "Scope",
+    "Snapshot",
+    "bind",
+    "install_default_executor",
+    "run_in_executor",
+    "snapshot",
+    "wrap_executor",
+]

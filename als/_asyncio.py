@@ -1,0 +1,93 @@
+"""asyncio's thread hops: run_in_executor with the context, and a propagating default executor.
+
+Invariants:
+
+* ``run_in_executor`` copies the caller's context when it is called (not
+  when it is awaited) and submits at once, like ``loop.run_in_executor``;
+  the callable runs in that copy, and what it sets never reaches the task.
+* An executor that already propagates (``ContextThreadPoolExecutor``, a
+  ``wrap_executor`` wrapper) is not given a second copy.
+* Submission runs in a new, empty ``Context``, so a worker thread started
+  lazily by the executor is never pinned to the caller's context.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+from collections.abc import Callable
+from concurrent.futures import Executor
+from contextvars import Context, copy_context
+from typing import ParamSpec, TypeVar
+
+from ._context import not_callable
+from ._executors import ContextExecutor, ContextThreadPoolExecutor
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def run_in_executor(
+    executor: Executor | None, fn: Callable[P, R], /, *args: P.args, **kwargs: P.kwargs
+) -> asyncio.Future[R]:
+    """Run ``fn(*args, **kwargs)`` in ``executor`` (None: the loop's default) in a copy of the caller's context.
+
+    ``loop.run_in_executor`` with the context and with keyword arguments:
+    submits at once and returns an ``asyncio.Future`` to await. Context: copied
+    here, in the calling task; a fresh copy per call; what ``fn`` sets
+    reaches neither the task nor the worker's next job.
+
+    Raises:
+        TypeError: ``fn`` is not callable (here, not in the worker).
+        RuntimeError: no event loop is running in this thread.
+    """
+    if not callable(fn):
+        not_callable("run_in_executor", "fn", fn)
+    loop = asyncio.get_running_loop()
+    if isinstance(executor, (ContextThreadPoolExecutor, ContextExecutor)):
+        # It copies the context itself at submit(), which happens right here.
+        call: Callable[[], R] = functools.partial(fn, *args, **kwargs)
+        return loop.run_in_executor(executor, call)
+    call = functools.partial(copy_context().run, fn, *args, **kwargs)
+    return Context().run(loop.run_in_executor, executor, call)
+
+
+def install_default_executor(
+    loop: asyncio.AbstractEventLoop | None = None, max_workers: int | None = None
+) -> ContextThreadPoolExecutor:
+    """Make ``loop``'s default executor a ``ContextThreadPoolExecutor``, and return it.
+
+    Afterwards plain ``loop.run_in_executor(None, fn)`` (and so
+    ``asyncio.to_thread``) runs ``fn`` in a copy of the calling task's context
+    on that loop. ``loop`` defaults to the running loop. An executor the loop
+    already had is replaced, not shut down; ``loop.shutdown_default_executor()``
+    (which ``asyncio.run`` calls) shuts down the new one.
+
+    Raises:
+        RuntimeError: ``loop`` is None and no event loop is running.
+        TypeError: ``loop`` is not an event loop, or ``max_workers`` is not an int.
+    """
+    if loop is None:
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            raise RuntimeError(
+                "install_default_executor() needs a running event loop; call it from"
+                " async code or pass loop="
+            ) from None
+    elif not isinstance(loop, asyncio.AbstractEventLoop):
+        raise TypeError(
+            "install_default_executor() argument 'loop' must be an asyncio event loop or None,"
+            f" not {type(loop).__name__}"
+        )
+    if max_workers is not None and (isinstance(max_workers, bool) or not isinstance(max_workers, int)):
+        raise TypeError(
+            "install_default_executor() argument 'max_workers' must be int or None,"
+            f" not {type(max_workers).__name__}"
+        )
+    executor = ContextThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="asyncio")
+    loop.set_default_executor(executor)
+    return executor
+
+
+__all__ = ["install_default_executor", "run_in_executor"]

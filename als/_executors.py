@@ -1,0 +1,237 @@
+"""Executors whose every task runs in a copy of its submitter's context.
+
+Invariants:
+
+* ``submit`` copies the caller's context (one ``copy_context()`` per task)
+  and hands the executor ``copy.run`` as the callable, so the task runs in
+  its own copy: nothing it sets reaches the submitter or the worker's next
+  task, and the copy is dropped with the work item.
+* The executor's own ``submit`` runs inside a new, empty ``Context``: a worker
+  thread it starts lazily is never pinned to the submitter's context, however
+  threads get their context (``als.patch()``, CPython 3.14's
+  ``thread_inherit_context``). An idle worker keeps no store alive.
+* Futures handed back are ``ContextFuture`` objects: ``add_done_callback``
+  runs the callback in a copy of the registrant's context, whichever thread
+  completes the future. The object is the executor's own future, re-classed,
+  so ``wait``/``as_completed``/``cancel``/``shutdown(cancel_futures=True)``
+  see one future, not a proxy.
+"""
+
+from __future__ import annotations
+
+import functools
+import threading
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
+from contextvars import Context, copy_context
+from typing import Any, ParamSpec, TypeVar
+
+from ._context import not_callable
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+class ContextFuture(Future[R]):
+    """A ``concurrent.futures.Future`` whose done callbacks keep their registrant's context.
+
+    ``add_done_callback(fn)`` captures the caller's context; ``fn(future)``
+    runs in that copy whichever thread completes the future (or at once, in
+    the caller's thread, if the future is already done). What ``fn`` sets
+    leaks nowhere. Exceptions from ``fn`` are handled as the standard library
+    handles them (logged, not raised).
+    """
+
+    __slots__ = ()
+
+    def add_done_callback(self, fn: Callable[[Future[R]], object]) -> None:
+        """Attach ``fn``, to be called with this future in a copy of the caller's context.
+
+        Raises:
+            TypeError: ``fn`` is not callable (here, not when the future completes).
+        """
+        if not callable(fn):
+            not_callable("add_done_callback", "fn", fn)
+        super().add_done_callback(functools.partial(copy_context().run, fn))
+
+
+_future_classes: dict[type, type | None] = {Future: ContextFuture}
+_future_classes_lock = threading.Lock()
+
+
+def _context_future_class(cls: type) -> type | None:
+    """The ``ContextFuture`` counterpart of a ``Future`` class, made once per class."""
+    try:
+        return _future_classes[cls]
+    except KeyError:
+        pass
+    with _future_classes_lock:
+        if cls not in _future_classes:
+            made: type | None
+            try:
+                made = type(cls.__name__, (ContextFuture, cls), {"__slots__": (), "__module__": cls.__module__})
+            except TypeError:  # a layout that cannot take the mix-in
+                made = None
+            _future_classes[cls] = made
+        return _future_classes[cls]
+
+
+def adopt(future: Future[R]) -> Future[R]:
+    """Give ``future`` context-keeping done callbacks, in place."""
+    cls = type(future)
+    if issubclass(cls, ContextFuture):
+        return future
+    target = _context_future_class(cls)
+    if target is not None:
+        try:
+            future.__class__ = target
+        except TypeError:  # pragma: no cover - a layout that refuses it
+            pass
+    return future
+
+
+def submit_in_copy(
+    submit: Callable[..., Future[R]], fn: Callable[..., R], args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> Future[R]:
+    """Run ``submit(copy.run, fn, *args, **kwargs)`` with the pool's own bookkeeping outside any request."""
+    return adopt(Context().run(submit, copy_context().run, fn, *args, **kwargs))
+
+
+class ContextThreadPoolExecutor(ThreadPoolExecutor):
+    """A ``ThreadPoolExecutor`` whose every task runs in a copy of its submitter's context.
+
+    Context: copied at ``submit()`` (and for each item of ``map()``, when
+    ``map()`` is called), not at construction; a fresh copy per task. What a
+    task sets reaches neither the submitter nor the next task of the same
+    worker thread; stores are shared by reference.
+
+    Worker threads start with an empty context: a worker started while
+    request A submits never shows A's store to anything but A's task, and
+    keeps none of it once that task is done. For the same reason, what
+    ``initializer`` sets on a ``ContextVar`` is not visible to tasks (they run
+    in their submitter's context), unlike in a plain ``ThreadPoolExecutor``.
+
+    Returned futures are ``ContextFuture`` objects.
+    """
+
+    def submit(self, fn: Callable[P, R], /, *args: P.args, **kwargs: P.kwargs) -> Future[R]:
+        """Run ``fn(*args, **kwargs)`` on a worker, in a copy of the caller's context.
+
+        Raises:
+            TypeError: ``fn`` is not callable (here, not in the worker).
+            RuntimeError: the executor is shut down (as ``ThreadPoolExecutor``).
+        """
+        if not callable(fn):
+            not_callable("submit", "fn", fn)
+        return submit_in_copy(super().submit, fn, args, kwargs)
+
+    def map(
+        self,
+        fn: Callable[..., R],
+        *iterables: Iterable[Any],
+        timeout: float | None = None,
+        chunksize: int = 1,
+        **kwargs: Any,
+    ) -> Iterator[R]:
+        """``ThreadPoolExecutor.map``, each call in a copy of the caller's context.
+
+        Raises:
+            TypeError: ``fn`` is not callable (here, before anything is submitted).
+        """
+        if not callable(fn):
+            not_callable("map", "fn", fn)
+        return super().map(fn, *iterables, timeout=timeout, chunksize=chunksize, **kwargs)
+
+
+class ContextExecutor(Executor):
+    """An ``Executor`` that runs each task of another one in a copy of its submitter's context.
+
+    Made by ``wrap_executor``; the contract is ``ContextThreadPoolExecutor``'s.
+    ``shutdown`` and ``with`` act on the wrapped executor.
+    """
+
+    def __init__(self, executor: Executor) -> None:
+        self._executor = executor
+
+    @property
+    def executor(self) -> Executor:
+        """The wrapped executor."""
+        return self._executor
+
+    def submit(self, fn: Callable[P, R], /, *args: P.args, **kwargs: P.kwargs) -> Future[R]:
+        """Run ``fn(*args, **kwargs)`` on the wrapped executor, in a copy of the caller's context.
+
+        Raises:
+            TypeError: ``fn`` is not callable (here, not in the worker).
+        """
+        if not callable(fn):
+            not_callable("submit", "fn", fn)
+        return submit_in_copy(self._executor.submit, fn, args, kwargs)
+
+    def map(
+        self,
+        fn: Callable[..., R],
+        *iterables: Iterable[Any],
+        timeout: float | None = None,
+        chunksize: int = 1,
+        **kwargs: Any,
+    ) -> Iterator[R]:
+        """``Executor.map`` through ``submit``: each call in a copy of the caller's context.
+
+        Raises:
+            TypeError: ``fn`` is not callable (here, before anything is submitted).
+        """
+        if not callable(fn):
+            not_callable("map", "fn", fn)
+        return super().map(fn, *iterables, timeout=timeout, chunksize=chunksize, **kwargs)
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        """Shut the wrapped executor down (``cancel_futures`` is passed only when true)."""
+        if cancel_futures:
+            self._executor.shutdown(wait=wait, cancel_futures=True)
+        else:
+            self._executor.shutdown(wait=wait)
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} wrapping {self._executor!r}>"
+
+
+def _interpreter_pool() -> type | None:
+    import concurrent.futures
+
+    return getattr(concurrent.futures, "InterpreterPoolExecutor", None)
+
+
+def wrap_executor(executor: Executor) -> Executor:
+    """Return an executor whose tasks run in a copy of their submitter's context.
+
+    ``executor`` is any ``concurrent.futures.Executor`` that runs work in this
+    process (legacy code is often handed one). The wrapper's ``submit`` and
+    ``map`` propagate the context as ``ContextThreadPoolExecutor`` does;
+    ``shutdown`` and ``with`` act on ``executor``. An executor that already
+    propagates (a ``ContextThreadPoolExecutor`` or a wrapper) is returned as is.
+
+    Raises:
+        TypeError: ``executor`` is not an ``Executor``, or sends work to
+            another process or interpreter (a ``Context`` cannot cross that
+            boundary).
+    """
+    if isinstance(executor, (ContextThreadPoolExecutor, ContextExecutor)):
+        return executor
+    if not isinstance(executor, Executor):
+        raise TypeError(
+            "wrap_executor() argument 'executor' must be a concurrent.futures.Executor,"
+            f" not {type(executor).__name__}"
+        )
+    interpreters = _interpreter_pool()
+    if isinstance(executor, ProcessPoolExecutor) or (
+        interpreters is not None and isinstance(executor, interpreters)
+    ):
+        raise TypeError(
+            f"wrap_executor() cannot propagate the context into a {type(executor).__name__}:"
+            " a contextvars.Context cannot cross a process or interpreter boundary"
+        )
+    return ContextExecutor(executor)
+
+
+__all__ = ["ContextExecutor", "ContextFuture", "ContextThreadPoolExecutor", "adopt", "wrap_executor"]

@@ -1,0 +1,221 @@
+"""AsyncLocalStorage: one ContextVar per instance, Node's API on top of it.
+
+Invariants:
+
+* The store lives in ``self._var``, a ``ContextVar`` whose default is the
+  storage's default, so ``get_store()`` is a single attribute read and
+  ``ContextVar.get()``: no lock, no allocation.
+* ``disable()`` replaces ``self._var`` with a new, empty variable. Every
+  context that bound the old one keeps that binding, but nothing reads it any
+  more, so every thread and task (and every ``get_store`` captured earlier)
+  sees the default until ``run``/``enter_with`` binds the new variable.
+* ``run`` and ``exit`` never change the caller's context: they work in a copy.
+  ``enter_with`` and ``scope`` change the current context, by design.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import threading
+from collections.abc import Callable
+from contextvars import ContextVar, Token, copy_context
+from types import TracebackType
+from typing import Any, Generic, ParamSpec, TypeVar, overload
+
+from ._context import Snapshot, bind, in_context, not_callable, snapshot
+
+P = ParamSpec("P")
+R = TypeVar("R")
+T = TypeVar("T")
+
+_names = itertools.count(1)
+_names_lock = threading.Lock()
+
+
+def _renew_lock_in_child() -> None:
+    global _names_lock
+    _names_lock = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):  # pragma: no branch - absent on Windows
+    os.register_at_fork(after_in_child=_renew_lock_in_child)
+
+
+def _generated_name() -> str:
+    with _names_lock:
+        return f"AsyncLocalStorage-{next(_names)}"
+
+
+class AsyncLocalStorage(Generic[T]):
+    """A value that follows the logical flow of a request, like Node's AsyncLocalStorage.
+
+    ``run(store, fn)`` makes ``store`` what ``get_store()`` returns inside
+    ``fn`` and everything it starts: across ``await``, in tasks it creates,
+    and across thread hops made through als's wrappers or under
+    ``als.patch()``. Outside any run, ``get_store()`` returns ``default``.
+
+    Each storage owns one ``ContextVar`` (named ``als:<name>``); stores are
+    shared by reference, never copied. Storages never interfere with each
+    other, even when they share a name.
+    """
+
+    __slots__ = ("_default", "_name", "_var", "__weakref__")
+
+    @overload
+    def __init__(self: AsyncLocalStorage[T | None], name: str | None = None) -> None: ...
+    @overload
+    def __init__(self, name: str | None = None, *, default: T) -> None: ...
+    def __init__(self, name: str | None = None, *, default: Any = None) -> None:
+        if name is None:
+            name = _generated_name()
+        elif not isinstance(name, str):
+            raise TypeError(
+                f"AsyncLocalStorage() argument 'name' must be str or None, not {type(name).__name__}"
+            )
+        self._name = name
+        self._default: T = default
+        self._var: ContextVar[T] = ContextVar(f"als:{name}", default=default)
+
+    @property
+    def name(self) -> str:
+        """The name given at construction, or a generated one unique in the process."""
+        return self._name
+
+    @property
+    def default(self) -> T:
+        """What ``get_store()`` returns outside any ``run``/``enter_with``."""
+        return self._default
+
+    def get_store(self) -> T:
+        """Return the current store, or ``default`` outside any run.
+
+        Reads the current context only: no lock, no allocation. Correct after
+        ``disable()``, also when captured earlier (``get = storage.get_store``).
+        """
+        return self._var.get()
+
+    def run(self, store: T, fn: Callable[P, R], /, *args: P.args, **kwargs: P.kwargs) -> R:
+        """Call ``fn(*args, **kwargs)`` with ``store`` current, and return its result.
+
+        Context: ``fn`` runs in a copy of the caller's context with ``store``
+        set in it, so whatever ``fn`` sets (``enter_with``, nested runs, any
+        ``ContextVar``) is gone when ``run`` returns or raises: the caller sees
+        exactly what it saw before, for every storage. Exceptions from ``fn``
+        reach the caller unchanged.
+
+        Async: if ``fn`` returns a coroutine (``fn`` is an ``async def``
+        function), ``run`` returns a coroutine that drives it step by step in
+        that one copy: its whole body, across every ``await``, sees ``store``,
+        and tasks it creates inherit it. Await it, or hand it to
+        ``asyncio.create_task`` or a trio nursery; no event loop is assumed.
+        Only what ``fn`` starts synchronously carries ``store`` when ``fn``
+        returns another awaitable (a ``Future``, a ``Task``): that is
+        returned unchanged.
+
+        Raises:
+            TypeError: ``fn`` is not callable (a coroutine object included:
+                pass the async function and its arguments instead).
+        """
+        if not callable(fn):
+            not_callable("run", "fn", fn)
+        context = copy_context()
+        context.run(self._var.set, store)
+        return in_context(context, context.run(fn, *args, **kwargs))
+
+    def exit(self, fn: Callable[P, R], /, *args: P.args, **kwargs: P.kwargs) -> R:
+        """Call ``fn(*args, **kwargs)`` outside this storage: ``get_store()`` returns ``default``.
+
+        The same contract as ``run`` (a copy of the caller's context, a
+        coroutine driven in it, nothing leaks back); other storages keep
+        their stores inside ``fn``.
+
+        Raises:
+            TypeError: ``fn`` is not callable.
+        """
+        if not callable(fn):
+            not_callable("exit", "fn", fn)
+        context = copy_context()
+        context.run(self._var.set, self._default)
+        return in_context(context, context.run(fn, *args, **kwargs))
+
+    def enter_with(self, store: T) -> None:
+        """Make ``store`` current for the rest of the current context.
+
+        That is: the rest of the current task, or of the thread's context, or
+        until the enclosing ``run`` (or ``Context.run``) returns. The caller of
+        that ``run`` and sibling tasks never see it. Prefer ``run`` or
+        ``scope``, which end by themselves.
+        """
+        self._var.set(store)
+
+    def scope(self, store: T) -> Scope[T]:
+        """Return a context manager that makes ``store`` current inside its block.
+
+        On exit the previous binding is restored exactly (a ``ContextVar``
+        token reset), also after an exception. It may span ``await`` within
+        one task. An exit that runs in another context than the enter (a
+        streaming generator closed by the server from another task or thread)
+        neither raises nor touches that other context's binding.
+        """
+        return Scope(self, store)
+
+    def disable(self) -> None:
+        """Exit every context linked to this storage, in every thread and task.
+
+        Afterwards ``get_store()`` returns ``default`` everywhere, also in
+        functions bound earlier by ``bind``/``snapshot`` and through a
+        ``get_store`` captured earlier, until ``run`` or ``enter_with`` binds a
+        store again; a ``run`` elsewhere brings no old binding back. Stores
+        still bound in live contexts are no longer read and are released
+        when those contexts are. ``get_store()`` costs the same as before.
+        """
+        self._var = ContextVar(f"als:{self._name}", default=self._default)
+
+    bind = staticmethod(bind)
+    snapshot = staticmethod(snapshot)
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} name={self._name!r}>"
+
+
+class Scope(Generic[T]):
+    """``with storage.scope(store):`` - see ``AsyncLocalStorage.scope``.
+
+    Enter it once; ``__enter__`` returns the store.
+    """
+
+    __slots__ = ("_storage", "_store", "_token")
+
+    def __init__(self, storage: AsyncLocalStorage[T], store: T) -> None:
+        self._storage = storage
+        self._store = store
+        self._token: Token[T] | None = None
+
+    def __enter__(self) -> T:
+        if self._token is not None:
+            raise RuntimeError("this scope() is already entered; call scope() again for another block")
+        self._token = self._storage._var.set(self._store)
+        return self._store
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        token, self._token = self._token, None
+        if token is None:
+            return
+        try:
+            # token.var, not the storage's current variable: after disable()
+            # the new variable must stay untouched.
+            token.var.reset(token)
+        except ValueError:
+            # Entered in another context (e.g. a generator closed from another
+            # task or thread): that context's binding is out of reach, and a
+            # crash in cleanup would be worse than leaving this one as it is.
+            pass
+
+
+__all__ = ["AsyncLocalStorage", "Scope", "Snapshot"]

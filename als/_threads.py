@@ -1,0 +1,134 @@
+"""ContextThread and ContextTimer: threads that run in their starter's context.
+
+Invariants:
+
+* The context is copied when ``start()`` is called, in the caller's thread
+  (not at construction), and ``run()`` runs in that copy, including a
+  subclass's overridden ``run()``: CPython 3.14's ``Thread(context=...)``
+  behaviour on 3.10+. An explicit ``context=`` is used as is, not copied.
+* The thread drops its context when ``run()`` ends: a finished thread object
+  keeps no store alive.
+* Where the interpreter already gives new threads a copy of the starter's
+  context (``sys.flags.thread_inherit_context``, 3.14+), nothing is copied
+  a second time.
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+from collections.abc import Callable, Iterable, Mapping
+from contextvars import Context, copy_context
+from typing import Any
+
+from ._context import not_callable
+
+# CPython 3.14+ copies the starter's context into every new thread itself.
+_INTERPRETER_COPIES = bool(getattr(sys.flags, "thread_inherit_context", False))
+
+
+def _check_context(function: str, context: object) -> None:
+    if context is not None and not isinstance(context, Context):
+        raise TypeError(
+            f"{function}() argument 'context' must be a contextvars.Context or None,"
+            f" not {type(context).__name__}"
+        )
+
+
+class _RunsInStartersContext(threading.Thread):
+    """Mix-in: ``run()`` runs in a copy of the context of ``start()``'s caller."""
+
+    _als_context: Context | None = None
+
+    def start(self) -> None:
+        context = self._als_context
+        if context is None:
+            if _INTERPRETER_COPIES:
+                super().start()
+                return
+            context = copy_context()
+        if self.ident is not None:  # started before: let Thread raise its own error
+            super().start()
+            return
+        run = self.run  # the class's run(), possibly a subclass's override
+
+        def run_in_context() -> None:
+            try:
+                context.run(run)
+            finally:
+                # Thread.run drops target/args for the same reason: a finished
+                # thread must not keep the request's store alive.
+                self.__dict__.pop("run", None)
+
+        # An instance attribute, so that Thread's bootstrap calls it in place
+        # of run() whatever class defines run().
+        self.__dict__["run"] = run_in_context
+        try:
+            super().start()
+        except BaseException:
+            self.__dict__.pop("run", None)
+            raise
+
+
+class ContextThread(_RunsInStartersContext):
+    """A ``threading.Thread`` whose ``run()`` runs in a copy of its starter's context.
+
+    Context: copied when ``start()`` is called, in the caller's thread, not at
+    construction. ``target``, or a subclass's overridden ``run()``, runs in
+    that copy: what it sets never reaches the starter. ``context=ctx`` runs the
+    thread in ``ctx`` itself, as CPython 3.14's ``Thread(context=)`` does:
+    what the thread sets is visible in ``ctx`` afterwards, and ``ctx`` cannot
+    be entered by two threads at once.
+
+    Raises:
+        TypeError: ``target`` is not callable or ``context`` is not a
+            ``contextvars.Context`` (at construction).
+    """
+
+    def __init__(
+        self,
+        group: None = None,
+        target: Callable[..., object] | None = None,
+        name: str | None = None,
+        args: Iterable[Any] = (),
+        kwargs: Mapping[str, Any] | None = None,
+        *,
+        daemon: bool | None = None,
+        context: Context | None = None,
+    ) -> None:
+        if target is not None and not callable(target):
+            not_callable("ContextThread", "target", target)
+        _check_context("ContextThread", context)
+        super().__init__(group, target, name, args, kwargs, daemon=daemon)
+        self._als_context = context
+
+
+class ContextTimer(_RunsInStartersContext, threading.Timer):
+    """A ``threading.Timer`` whose function runs in a copy of its starter's context.
+
+    The same rule as ``ContextThread``: the context is copied at ``start()``;
+    ``context=ctx`` runs the timer in ``ctx`` itself. ``cancel()`` works as in
+    ``threading.Timer``.
+
+    Raises:
+        TypeError: ``function`` is not callable or ``context`` is not a
+            ``contextvars.Context`` (at construction).
+    """
+
+    def __init__(
+        self,
+        interval: float,
+        function: Callable[..., object],
+        args: Iterable[Any] | None = None,
+        kwargs: Mapping[str, Any] | None = None,
+        *,
+        context: Context | None = None,
+    ) -> None:
+        if not callable(function):
+            not_callable("ContextTimer", "function", function)
+        _check_context("ContextTimer", context)
+        super().__init__(interval, function, args, kwargs)
+        self._als_context = context
+
+
+__all__ = ["ContextThread", "ContextTimer"]

@@ -1,0 +1,73 @@
+"""Shared test tools: bounded waits, a locked recorder of what each hop saw, joins that re-raise."""
+
+from __future__ import annotations
+
+import sys
+import threading
+from collections.abc import Iterable
+from typing import Any
+
+import pytest
+
+# Generous: only a deadlock ever waits this long. Ordering never relies on time.
+TIMEOUT = 10.0
+
+# CPython 3.14+ may copy the starter's context into new threads by itself.
+THREADS_INHERIT = bool(getattr(sys.flags, "thread_inherit_context", False))
+stdlib_loses_context = pytest.mark.skipif(
+    THREADS_INHERIT, reason="this interpreter copies the context into new threads itself"
+)
+
+
+def wait(event: threading.Event) -> None:
+    """Wait for ``event``, failing the test instead of hanging."""
+    assert event.wait(TIMEOUT), "timed out waiting for an event"
+
+
+class Recorder:
+    """A thread-safe list of (hop, store) pairs, in the order hops recorded them."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._seen: list[tuple[str, Any]] = []
+
+    def __call__(self, hop: str, store: Any) -> None:
+        with self._lock:
+            self._seen.append((hop, store))
+
+    @property
+    def seen(self) -> list[tuple[str, Any]]:
+        with self._lock:
+            return list(self._seen)
+
+    def as_dict(self) -> dict[str, Any]:
+        seen = self.seen
+        result = dict(seen)
+        assert len(result) == len(seen), f"a hop recorded twice: {seen}"
+        return result
+
+
+class Worker(threading.Thread):
+    """A thread that keeps the exception its target raised, for join_all to re-raise."""
+
+    def __init__(self, target: Any, *args: Any) -> None:
+        super().__init__(target=target, args=args, daemon=True)
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        try:
+            super().run()
+        except BaseException as exc:
+            self.error = exc
+
+
+def join_all(threads: Iterable[threading.Thread]) -> None:
+    """Join every thread (bounded), then re-raise the first error a Worker kept."""
+    threads = list(threads)
+    for thread in threads:
+        thread.join(TIMEOUT)
+        assert not thread.is_alive(), f"{thread.name} did not finish"
+    for thread in threads:
+        error = getattr(thread, "error", None)
+        if error is not None:
+            raise error
