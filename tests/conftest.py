@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import concurrent.futures
+import contextvars
 import threading
 from collections.abc import Iterator
 
@@ -40,3 +41,22 @@ def storage() -> als.AsyncLocalStorage[object]:
 @pytest.fixture(params=["asyncio", "trio"])
 def anyio_backend(request: pytest.FixtureRequest) -> str:
     return str(request.param)
+
+
+@pytest.fixture
+def threads_inherit(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Make every new thread start in a copy of its starter's context.
+
+    This is what CPython 3.14's ``sys.flags.thread_inherit_context`` does, and
+    what a process-wide patch does: the setting in which a pool's lazily
+    started workers could be pinned to the request that happened to start them.
+    """
+    original_start = threading.Thread.start
+
+    def start(self: threading.Thread) -> None:
+        context = contextvars.copy_context()
+        run = self.run
+        self.__dict__["run"] = lambda: context.run(run)
+        original_start(self)
+
+    monkeypatch.setattr(threading.Thread, "start", start)
