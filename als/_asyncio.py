@@ -30,7 +30,7 @@ R = TypeVar("R")
 def run_in_executor(
     executor: Executor | None, fn: Callable[P, R], /, *args: P.args, **kwargs: P.kwargs
 ) -> asyncio.Future[R]:
-    """Run ``fn(*args, **kwargs)`` in ``executor`` (None: the loop's default) in a copy of the caller's context.
+    """Run ``fn(*args, **kwargs)`` in ``executor`` (None: the default) in a copy of the caller's context.
 
     ``loop.run_in_executor`` with the context and with keyword arguments:
     submits at once and returns an ``asyncio.Future`` to await. Context: copied
@@ -72,8 +72,7 @@ def install_default_executor(
             loop = asyncio.get_running_loop()
         except RuntimeError:
             raise RuntimeError(
-                "install_default_executor() needs a running event loop; call it from"
-                " async code or pass loop="
+                "install_default_executor() needs a running event loop; call it from async code or pass loop="
             ) from None
     elif not isinstance(loop, asyncio.AbstractEventLoop):
         raise TypeError(

@@ -111,9 +111,7 @@ def not_callable(function: str, argument: str, value: object) -> NoReturn:
             f" pass the async function and its arguments, {function}(..., {name}, *args),"
             f" instead of calling it, {function}(..., {name}(*args))"
         )
-    raise TypeError(
-        f"{function}() argument {argument!r} must be callable, not {type(value).__name__}"
-    )
+    raise TypeError(f"{function}() argument {argument!r} must be callable, not {type(value).__name__}")
 
 
 def bind(fn: Callable[P, R], /) -> Callable[P, R]:

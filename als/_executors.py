@@ -19,7 +19,7 @@ Invariants:
 
 from __future__ import annotations
 
-import functools
+import sys
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
@@ -52,41 +52,42 @@ class ContextFuture(Future[R]):
         """
         if not callable(fn):
             not_callable("add_done_callback", "fn", fn)
-        super().add_done_callback(functools.partial(copy_context().run, fn))
+        context = copy_context()
+        super().add_done_callback(lambda future: context.run(fn, future))
 
 
-_future_classes: dict[type, type | None] = {Future: ContextFuture}
+_future_classes: dict[type, type | None] = {}
 _future_classes_lock = threading.Lock()
 
 
 def _context_future_class(cls: type) -> type | None:
-    """The ``ContextFuture`` counterpart of a ``Future`` class, made once per class."""
-    try:
-        return _future_classes[cls]
-    except KeyError:
-        pass
+    """The ``ContextFuture`` counterpart of a ``Future`` subclass, made once per class.
+
+    None for a class that cannot take the mix-in: its futures are handed back
+    as they are.
+    """
     with _future_classes_lock:
         if cls not in _future_classes:
             made: type | None
             try:
-                made = type(cls.__name__, (ContextFuture, cls), {"__slots__": (), "__module__": cls.__module__})
-            except TypeError:  # a layout that cannot take the mix-in
+                made = type(
+                    cls.__name__, (ContextFuture, cls), {"__slots__": (), "__module__": cls.__module__}
+                )
+            except TypeError:
                 made = None
             _future_classes[cls] = made
         return _future_classes[cls]
 
 
 def adopt(future: Future[R]) -> Future[R]:
-    """Give ``future`` context-keeping done callbacks, in place."""
+    """Give ``future`` context-keeping done callbacks, in place (re-classed, not wrapped)."""
     cls = type(future)
-    if issubclass(cls, ContextFuture):
-        return future
-    target = _context_future_class(cls)
-    if target is not None:
-        try:
+    if cls is Future:  # the usual case: no lock, no lookup
+        future.__class__ = ContextFuture
+    elif not issubclass(cls, ContextFuture):
+        target = _context_future_class(cls)
+        if target is not None:  # the same layout as cls, by construction
             future.__class__ = target
-        except TypeError:  # pragma: no cover - a layout that refuses it
-            pass
     return future
 
 
@@ -196,12 +197,6 @@ class ContextExecutor(Executor):
         return f"<{type(self).__name__} wrapping {self._executor!r}>"
 
 
-def _interpreter_pool() -> type | None:
-    import concurrent.futures
-
-    return getattr(concurrent.futures, "InterpreterPoolExecutor", None)
-
-
 def wrap_executor(executor: Executor) -> Executor:
     """Return an executor whose tasks run in a copy of their submitter's context.
 
@@ -223,9 +218,10 @@ def wrap_executor(executor: Executor) -> Executor:
             "wrap_executor() argument 'executor' must be a concurrent.futures.Executor,"
             f" not {type(executor).__name__}"
         )
-    interpreters = _interpreter_pool()
+    # 3.14's InterpreterPoolExecutor: none can exist unless its module is loaded.
+    interpreters = sys.modules.get("concurrent.futures.interpreter")
     if isinstance(executor, ProcessPoolExecutor) or (
-        interpreters is not None and isinstance(executor, interpreters)
+        interpreters is not None and isinstance(executor, interpreters.InterpreterPoolExecutor)
     ):
         raise TypeError(
             f"wrap_executor() cannot propagate the context into a {type(executor).__name__}:"

@@ -34,7 +34,7 @@ _names_lock = threading.Lock()
 
 
 def _renew_lock_in_child() -> None:
-    global _names_lock
+    global _names_lock  # noqa: PLW0603 - a lock inherited across fork() may be held forever
     _names_lock = threading.Lock()
 
 
@@ -60,7 +60,7 @@ class AsyncLocalStorage(Generic[T]):
     other, even when they share a name.
     """
 
-    __slots__ = ("_default", "_name", "_var", "__weakref__")
+    __slots__ = ("__weakref__", "_default", "_name", "_var")
 
     @overload
     def __init__(self: AsyncLocalStorage[T | None], name: str | None = None) -> None: ...

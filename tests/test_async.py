@@ -9,7 +9,7 @@ import gc
 import traceback
 import types
 import weakref
-from collections.abc import Generator
+from collections.abc import Coroutine, Generator
 from typing import Any
 
 import anyio
@@ -354,7 +354,10 @@ class TestCoroutineProtocol:
         async def body() -> object:
             return storage.get_store()
 
-        assert asyncio.run(storage.run("A", lambda: body())) == "A"
+        def plain() -> Coroutine[Any, Any, object]:
+            return body()
+
+        assert asyncio.run(storage.run("A", plain)) == "A"
 
     def test_unawaited_coroutine_is_released(self, storage: AsyncLocalStorage[object]) -> None:
         """A driven coroutine that is closed keeps no store alive once dropped."""

@@ -110,7 +110,9 @@ class TestRunInExecutor:
         """A non-callable fn is a TypeError when run_in_executor is called, before any await."""
 
         async def main() -> None:
-            with pytest.raises(TypeError, match=r"^run_in_executor\(\) argument 'fn' must be callable, not int$"):
+            with pytest.raises(
+                TypeError, match=r"^run_in_executor\(\) argument 'fn' must be callable, not int$"
+            ):
                 als.run_in_executor(None, 42)  # type: ignore[arg-type]
 
         asyncio.run(main())
@@ -160,7 +162,9 @@ class TestInstallDefaultExecutor:
 
     def test_bad_arguments(self) -> None:
         """A loop that is not a loop, or a max_workers that is not an int, is a TypeError."""
-        with pytest.raises(TypeError, match=r"argument 'loop' must be an asyncio event loop or None, not str"):
+        with pytest.raises(
+            TypeError, match=r"argument 'loop' must be an asyncio event loop or None, not str"
+        ):
             als.install_default_executor("loop")  # type: ignore[arg-type]
         loop = asyncio.new_event_loop()
         try:

@@ -80,7 +80,7 @@ class TestSubmit:
     def test_nothing_leaks_back_or_across_pooled_tasks(
         self, storage: AsyncLocalStorage[object], make_executor: Callable[..., Executor]
     ) -> None:
-        """A task's enter_with/ContextVar.set reach neither its submitter nor the next task on the same thread."""
+        """What a task sets reaches neither its submitter nor the next task on the same worker thread."""
         executor = make_executor(max_workers=1)
 
         def first() -> int:
@@ -120,7 +120,9 @@ class TestSubmit:
         futures = [storage.run(f"req {n}", executor.submit, task, n) for n in range(4)]
         for f in futures:
             f.result(TIMEOUT)
-        expected = {f"{n} before": f"req {n}" for n in range(4)} | {f"{n} after": f"changed by {n}" for n in range(4)}
+        expected = {f"{n} before": f"req {n}" for n in range(4)} | {
+            f"{n} after": f"changed by {n}" for n in range(4)
+        }
         assert recorder.as_dict() == expected
 
     def test_result_and_exception_unchanged(
@@ -193,7 +195,7 @@ class TestMap:
 
 @pytest.mark.usefixtures("threads_inherit")
 class TestWorkersStartEmpty:
-    """Run where new threads inherit their starter's context (3.14's flag, a patch): workers still start empty."""
+    """Where new threads inherit their starter's context (3.14's flag, a patch), workers still start empty."""
 
     def test_the_setting_pins_a_plain_pool(self, storage: AsyncLocalStorage[object]) -> None:
         """Control: in this setting a plain pool's worker keeps the store of the request that started it."""
@@ -252,7 +254,12 @@ class TestContextFuture:
         assert all(isinstance(f, Future) and isinstance(f, ContextFuture) for f in futures)
         done, not_done = concurrent.futures.wait(futures, timeout=TIMEOUT)
         assert (len(done), len(not_done)) == (4, 0)
-        assert sorted(f.result() for f in concurrent.futures.as_completed(futures, timeout=TIMEOUT)) == [0, 1, 2, 3]
+        assert sorted(f.result() for f in concurrent.futures.as_completed(futures, timeout=TIMEOUT)) == [
+            0,
+            1,
+            2,
+            3,
+        ]
 
     def test_asyncio_wrap_future(
         self, storage: AsyncLocalStorage[object], make_executor: Callable[..., Executor]
@@ -311,7 +318,9 @@ class TestContextFuture:
     def test_callback_not_callable(self, make_executor: Callable[..., Executor]) -> None:
         """A non-callable callback is refused at registration."""
         future = make_executor(max_workers=1).submit(lambda: None)
-        with pytest.raises(TypeError, match=r"^add_done_callback\(\) argument 'fn' must be callable, not int$"):
+        with pytest.raises(
+            TypeError, match=r"^add_done_callback\(\) argument 'fn' must be callable, not int$"
+        ):
             future.add_done_callback(42)  # type: ignore[arg-type]
 
     def test_cancel_and_shutdown_cancel_futures(self, make_executor: Callable[..., Executor]) -> None:

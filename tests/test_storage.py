@@ -63,7 +63,9 @@ class TestConstruction:
 
     def test_name_must_be_str(self) -> None:
         """A non-string name is a TypeError naming the argument and what came."""
-        with pytest.raises(TypeError, match=r"AsyncLocalStorage\(\) argument 'name' must be str or None, not int"):
+        with pytest.raises(
+            TypeError, match=r"AsyncLocalStorage\(\) argument 'name' must be str or None, not int"
+        ):
             AsyncLocalStorage(name=5)  # type: ignore[call-overload]
 
     def test_same_name_storages_are_independent(self) -> None:

@@ -6,7 +6,6 @@ import contextvars
 import gc
 import threading
 import weakref
-from collections.abc import Iterator
 
 import pytest
 
@@ -23,11 +22,11 @@ class Store:
 
 
 @pytest.fixture
-def excepthook_calls(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[threading.ExceptHookArgs]]:
+def excepthook_calls(monkeypatch: pytest.MonkeyPatch) -> list[threading.ExceptHookArgs]:
     """Collect what reaches threading.excepthook instead of printing it."""
     calls: list[threading.ExceptHookArgs] = []
     monkeypatch.setattr(threading, "excepthook", calls.append)
-    yield calls
+    return calls
 
 
 class TestContextThread:
@@ -87,7 +86,9 @@ class TestContextThread:
             thread_var.set("set by thread")
 
         recorder = Recorder()
-        thread = ContextThread(target=lambda: (recorder("thread", storage.get_store()), target()), context=ctx)
+        thread = ContextThread(
+            target=lambda: (recorder("thread", storage.get_store()), target()), context=ctx
+        )
         storage.run("starter", thread.start)
         join_all([thread])
         assert recorder.as_dict() == {"thread": "in ctx"}
@@ -146,7 +147,9 @@ class TestContextThread:
 
     def test_bad_input(self) -> None:
         """A non-callable target or a non-Context context is refused at construction."""
-        with pytest.raises(TypeError, match=r"^ContextThread\(\) argument 'target' must be callable, not int$"):
+        with pytest.raises(
+            TypeError, match=r"^ContextThread\(\) argument 'target' must be callable, not int$"
+        ):
             ContextThread(target=42)  # type: ignore[arg-type]
         with pytest.raises(
             TypeError,
@@ -204,9 +207,11 @@ class TestContextTimer:
 
     def test_bad_input(self) -> None:
         """A non-callable function is refused at construction."""
-        with pytest.raises(TypeError, match=r"^ContextTimer\(\) argument 'function' must be callable, not str$"):
+        with pytest.raises(
+            TypeError, match=r"^ContextTimer\(\) argument 'function' must be callable, not str$"
+        ):
             ContextTimer(1, "nope")  # type: ignore[arg-type]
-        with pytest.raises(TypeError, match="argument 'context' must be a contextvars.Context"):
+        with pytest.raises(TypeError, match=r"argument 'context' must be a contextvars\.Context"):
             ContextTimer(1, print, context=1)  # type: ignore[arg-type]
 
 
