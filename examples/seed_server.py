@@ -93,7 +93,7 @@ async def on_connection(reader: asyncio.StreamReader, writer: asyncio.StreamWrit
     try:
         try:
             head = await reader.readuntil(b"\r\n\r\n")
-            method, target, _ = head.split(b"\r\n", 1)[0].decode("ascii").split(" ", 2)
+            _method, target, _version = head.split(b"\r\n", 1)[0].decode("ascii").split(" ", 2)
         except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, UnicodeDecodeError, ValueError):
             respond(writer, 400, "bad request\n")
             return

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 from concurrent.futures import Executor, Future, ThreadPoolExecutor
+
 from typing_extensions import assert_type  # typing.assert_type is 3.11+
 
 import als
