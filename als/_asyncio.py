@@ -21,7 +21,7 @@ from contextvars import Context, copy_context
 from typing import ParamSpec, TypeVar
 
 from ._context import not_callable
-from ._executors import ContextExecutor, ContextThreadPoolExecutor
+from ._executors import ContextExecutor, ContextThreadPoolExecutor, check_in_process
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -38,11 +38,20 @@ def run_in_executor(
     reaches neither the task nor the worker's next job.
 
     Raises:
-        TypeError: ``fn`` is not callable (here, not in the worker).
+        TypeError: ``fn`` is not callable (here, not in the worker), or
+            ``executor`` is neither None nor an ``Executor`` that runs work in
+            this process (a ``Context`` cannot cross into another process).
         RuntimeError: no event loop is running in this thread.
     """
     if not callable(fn):
         not_callable("run_in_executor", "fn", fn)
+    if executor is not None:
+        if not isinstance(executor, Executor):
+            raise TypeError(
+                "run_in_executor() argument 'executor' must be a concurrent.futures.Executor or None,"
+                f" not {type(executor).__name__}"
+            )
+        check_in_process("run_in_executor", executor)
     loop = asyncio.get_running_loop()
     if isinstance(executor, (ContextThreadPoolExecutor, ContextExecutor)):
         # It copies the context itself at submit(), which happens right here.

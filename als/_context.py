@@ -16,7 +16,11 @@ from __future__ import annotations
 
 import collections.abc
 import functools
+import inspect
+import os
+import threading
 import types
+import weakref
 from collections.abc import Callable, Generator
 from contextvars import Context, copy_context
 from typing import Any, NoReturn, ParamSpec, TypeVar, cast
@@ -37,36 +41,78 @@ class ContextCoroutine(collections.abc.Coroutine[Any, Any, R]):
     keeps its own context before, during and after. It needs no event loop:
     what the wrapped coroutine yields passes through untouched.
 
-    Cancellation and ``throw()`` reach the wrapped coroutine as they are;
-    its exceptions reach the driver as they are (same object).
+    Cancellation and ``throw()`` reach the wrapped coroutine as they are; its
+    exceptions reach the driver as they are (same object). Once the wrapped
+    coroutine ends, the context is dropped: a finished task keeps no store
+    alive. If this object is garbage-collected while the wrapped coroutine is
+    suspended, the coroutine is closed inside the context, so its cleanup
+    still sees the store. ``cr_frame``, ``cr_await``, ``cr_code`` and
+    ``cr_running`` are the wrapped coroutine's, for debuggers and task reprs.
     """
 
-    __slots__ = ("_context", "_coro")
+    __slots__ = ("__weakref__", "_context", "_coro")
 
     def __init__(self, context: Context, coro: collections.abc.Coroutine[Any, Any, R]) -> None:
         self._context = context
         self._coro = coro
 
     def send(self, value: Any, /) -> Any:
-        return self._context.run(self._coro.send, value)
+        try:
+            return self._context.run(self._coro.send, value)
+        except BaseException:  # StopIteration included: the coroutine is done
+            self._context = Context()
+            raise
 
     def __next__(self) -> Any:
-        return self._context.run(self._coro.send, None)
+        return self.send(None)
 
     def throw(self, typ: Any, val: Any = None, tb: Any = None, /) -> Any:
-        if val is None and tb is None:
-            return self._context.run(self._coro.throw, typ)
-        # The legacy three-argument form: pass it on so that the wrapped
-        # coroutine behaves (and warns, on 3.12+) exactly as it would alone.
-        return self._context.run(self._coro.throw, typ, val, tb)
+        try:
+            if val is None and tb is None:
+                return self._context.run(self._coro.throw, typ)
+            # The legacy three-argument form: pass it on so that the wrapped
+            # coroutine behaves (and warns, on 3.12+) exactly as it would alone.
+            return self._context.run(self._coro.throw, typ, val, tb)
+        except BaseException:
+            self._context = Context()
+            raise
 
-    def close(self) -> None:
-        self._context.run(self._coro.close)
+    def close(self) -> Any:
+        try:
+            # 3.13+ returns what the coroutine returned on GeneratorExit.
+            return self._context.run(self._coro.close)
+        finally:
+            self._context = Context()
 
     def __await__(self) -> Generator[Any, None, R]:
         # This object is its own iterator (send/throw/close/__next__), which
         # is what ``await`` and ``yield from`` delegate to.
         return cast("Generator[Any, None, R]", self)
+
+    __iter__ = __await__  # ``yield from`` in a @types.coroutine generator
+
+    def __del__(self) -> None:
+        coro = self._coro
+        if type(coro) is types.CoroutineType and inspect.getcoroutinestate(coro) == inspect.CORO_SUSPENDED:
+            # Collected mid-flight (a dropped task, say): close it here, in its
+            # own context, rather than later in whatever context is current.
+            self._context.run(coro.close)
+
+    @property
+    def cr_frame(self) -> Any:
+        return getattr(self._coro, "cr_frame", None)
+
+    @property
+    def cr_await(self) -> Any:
+        return getattr(self._coro, "cr_await", None)
+
+    @property
+    def cr_code(self) -> Any:
+        return getattr(self._coro, "cr_code", None)
+
+    @property
+    def cr_running(self) -> bool:
+        return bool(getattr(self._coro, "cr_running", False))
 
     def __getattr__(self, name: str) -> Any:
         # Only reached for attributes the class lacks: lets asyncio's task
@@ -102,6 +148,37 @@ def in_context(context: Context, result: R) -> R:
     return result
 
 
+class ForkSafeLock:
+    """A ``threading.Lock`` that a child made by ``os.fork()`` gets back unlocked.
+
+    A lock held by another thread at ``fork()`` would stay held forever in
+    the child, which has only the forking thread.
+    """
+
+    __slots__ = ("__weakref__", "_lock")
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        if hasattr(os, "register_at_fork"):  # pragma: no branch - absent on Windows
+            ref = weakref.ref(self)
+
+            def renew() -> None:
+                lock = ref()
+                if lock is not None:
+                    lock._lock = threading.Lock()
+
+            os.register_at_fork(after_in_child=renew)
+
+    def __enter__(self) -> None:
+        self._lock.acquire()
+
+    def __exit__(self, *_: object) -> None:
+        self._lock.release()
+
+    def locked(self) -> bool:
+        return self._lock.locked()
+
+
 def not_callable(function: str, argument: str, value: object) -> NoReturn:
     """Raise the TypeError for a non-callable ``argument`` of ``function``."""
     if isinstance(value, collections.abc.Coroutine):
@@ -129,6 +206,16 @@ def bind(fn: Callable[P, R], /) -> Callable[P, R]:
     if not callable(fn):
         not_callable("bind", "fn", fn)
     captured = copy_context()
+
+    if inspect.iscoroutinefunction(fn):
+        # Stay an async function, so that frameworks that ask
+        # inspect.iscoroutinefunction() still await it.
+        @functools.wraps(fn)
+        async def bound_async(*args: P.args, **kwargs: P.kwargs) -> Any:
+            context = captured.copy()
+            return await ContextCoroutine(context, context.run(fn, *args, **kwargs))
+
+        return cast("Callable[P, R]", bound_async)
 
     @functools.wraps(fn)
     def bound(*args: P.args, **kwargs: P.kwargs) -> R:

@@ -6,27 +6,31 @@ Invariants:
   and hands the executor ``copy.run`` as the callable, so the task runs in
   its own copy: nothing it sets reaches the submitter or the worker's next
   task, and the copy is dropped with the work item.
-* The executor's own ``submit`` runs inside a new, empty ``Context``: a worker
-  thread it starts lazily is never pinned to the submitter's context, however
-  threads get their context (``als.patch()``, CPython 3.14's
-  ``thread_inherit_context``). An idle worker keeps no store alive.
+* ``map`` captures the caller's context once, when it is called, and runs
+  each item in a fresh copy of that capture, also for items that the
+  executor submits later (3.14's ``buffersize``) from whichever thread
+  consumes the results.
+* Worker threads start outside any request: ``ContextThreadPoolExecutor``
+  creates them in a new, empty ``Context``, and ``wrap_executor`` runs a
+  wrapped ``ThreadPoolExecutor``'s ``submit`` in one. So a worker started
+  while request A submits is never pinned to A, however threads get their
+  context (``als.patch()``, CPython 3.14's ``thread_inherit_context``).
 * Futures handed back are ``ContextFuture`` objects: ``add_done_callback``
   runs the callback in a copy of the registrant's context, whichever thread
-  completes the future. The object is the executor's own future, re-classed,
-  so ``wait``/``as_completed``/``cancel``/``shutdown(cancel_futures=True)``
-  see one future, not a proxy.
+  completes the future, and drops that copy once it has run. The object is
+  the executor's own future, re-classed, so ``wait``/``as_completed``/
+  ``cancel``/``shutdown(cancel_futures=True)`` see one future, not a proxy.
 """
 
 from __future__ import annotations
 
 import sys
-import threading
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
 from contextvars import Context, copy_context
 from typing import Any, ParamSpec, TypeVar
 
-from ._context import not_callable
+from ._context import ForkSafeLock, not_callable
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -38,8 +42,8 @@ class ContextFuture(Future[R]):
     ``add_done_callback(fn)`` captures the caller's context; ``fn(future)``
     runs in that copy whichever thread completes the future (or at once, in
     the caller's thread, if the future is already done). What ``fn`` sets
-    leaks nowhere. Exceptions from ``fn`` are handled as the standard library
-    handles them (logged, not raised).
+    leaks nowhere, and the copy is dropped once ``fn`` has run. Exceptions
+    from ``fn`` are handled as the standard library handles them (logged).
     """
 
     __slots__ = ()
@@ -52,19 +56,35 @@ class ContextFuture(Future[R]):
         """
         if not callable(fn):
             not_callable("add_done_callback", "fn", fn)
-        context = copy_context()
-        super().add_done_callback(lambda future: context.run(fn, future))
+        super().add_done_callback(_CallbackInContext(fn))
+
+
+class _CallbackInContext:
+    """``fn(future)`` once, in a copy of the context current at creation; then forgets both."""
+
+    __slots__ = ("_context", "_fn")
+
+    def __init__(self, fn: Callable[[Any], object]) -> None:
+        self._context: Context | None = copy_context()
+        self._fn: Callable[[Any], object] | None = fn
+
+    def __call__(self, future: Future[Any]) -> None:
+        # A Future keeps its callbacks after running them: drop the context
+        # (and with it the request's store) here.
+        context, fn, self._context, self._fn = self._context, self._fn, None, None
+        if context is not None and fn is not None:
+            context.run(fn, future)
 
 
 _future_classes: dict[type, type | None] = {}
-_future_classes_lock = threading.Lock()
+_future_classes_lock = ForkSafeLock()
 
 
 def _context_future_class(cls: type) -> type | None:
     """The ``ContextFuture`` counterpart of a ``Future`` subclass, made once per class.
 
-    None for a class that cannot take the mix-in: its futures are handed back
-    as they are.
+    None for a class that refuses the mix-in: its futures are handed back as
+    they are.
     """
     with _future_classes_lock:
         if cls not in _future_classes:
@@ -73,38 +93,67 @@ def _context_future_class(cls: type) -> type | None:
                 made = type(
                     cls.__name__, (ContextFuture, cls), {"__slots__": (), "__module__": cls.__module__}
                 )
-            except TypeError:
+            except Exception:  # a layout or an __init_subclass__ that refuses it
                 made = None
             _future_classes[cls] = made
         return _future_classes[cls]
 
 
 def adopt(future: Future[R]) -> Future[R]:
-    """Give ``future`` context-keeping done callbacks, in place (re-classed, not wrapped)."""
+    """Give ``future`` context-keeping done callbacks, in place (re-classed, not wrapped).
+
+    Never raises: the task is already submitted, so anything that cannot be
+    re-classed (not a ``Future``, an incompatible subclass) comes back as is.
+    """
     cls = type(future)
     if cls is Future:  # the usual case: no lock, no lookup
         future.__class__ = ContextFuture
-    elif not issubclass(cls, ContextFuture):
+    elif issubclass(cls, Future) and not issubclass(cls, ContextFuture):
         target = _context_future_class(cls)
-        if target is not None:  # the same layout as cls, by construction
-            future.__class__ = target
+        if target is not None:
+            try:
+                future.__class__ = target
+            except Exception:  # pragma: no cover - same layout by construction
+                pass
     return future
 
 
-def submit_in_copy(
-    submit: Callable[..., Future[R]], fn: Callable[..., R], args: tuple[Any, ...], kwargs: dict[str, Any]
-) -> Future[R]:
-    """Run ``submit(copy.run, fn, *args, **kwargs)`` with the pool's own bookkeeping outside any request."""
-    return adopt(Context().run(submit, copy_context().run, fn, *args, **kwargs))
+class _RunInCopy:
+    """``fn(*args)`` in a fresh copy of a context captured once: ``map``'s items.
+
+    ``submit`` recognises it and adds no second copy.
+    """
+
+    __slots__ = ("_context", "_fn")
+
+    def __init__(self, context: Context, fn: Callable[..., Any]) -> None:
+        self._context = context
+        self._fn = fn
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self._context.copy().run(self._fn, *args, **kwargs)
+
+
+def check_in_process(function: str, executor: object) -> None:
+    """Refuse executors that send work to another process or interpreter."""
+    # 3.14's InterpreterPoolExecutor: none can exist unless its module is loaded.
+    interpreters = sys.modules.get("concurrent.futures.interpreter")
+    if isinstance(executor, ProcessPoolExecutor) or (
+        interpreters is not None and isinstance(executor, interpreters.InterpreterPoolExecutor)
+    ):
+        raise TypeError(
+            f"{function}() cannot propagate the context into a {type(executor).__name__}:"
+            " a contextvars.Context cannot cross a process or interpreter boundary"
+        )
 
 
 class ContextThreadPoolExecutor(ThreadPoolExecutor):
     """A ``ThreadPoolExecutor`` whose every task runs in a copy of its submitter's context.
 
-    Context: copied at ``submit()`` (and for each item of ``map()``, when
-    ``map()`` is called), not at construction; a fresh copy per task. What a
-    task sets reaches neither the submitter nor the next task of the same
-    worker thread; stores are shared by reference.
+    Context: copied at ``submit()``, not at construction, a fresh copy per
+    task; ``map()`` captures it once, when called, and runs each item in a
+    fresh copy of that. What a task sets reaches neither the submitter nor the
+    next task of the same worker thread; stores are shared by reference.
 
     Worker threads start with an empty context: a worker started while
     request A submits never shows A's store to anything but A's task, and
@@ -122,9 +171,12 @@ class ContextThreadPoolExecutor(ThreadPoolExecutor):
             TypeError: ``fn`` is not callable (here, not in the worker).
             RuntimeError: the executor is shut down (as ``ThreadPoolExecutor``).
         """
+        submit: Callable[..., Future[R]] = super().submit
+        if type(fn) is _RunInCopy:  # from map(): bound to map()'s caller already
+            return adopt(submit(fn, *args, **kwargs))
         if not callable(fn):
             not_callable("submit", "fn", fn)
-        return submit_in_copy(super().submit, fn, args, kwargs)
+        return adopt(submit(copy_context().run, fn, *args, **kwargs))
 
     def map(
         self,
@@ -134,14 +186,20 @@ class ContextThreadPoolExecutor(ThreadPoolExecutor):
         chunksize: int = 1,
         **kwargs: Any,
     ) -> Iterator[R]:
-        """``ThreadPoolExecutor.map``, each call in a copy of the caller's context.
+        """``ThreadPoolExecutor.map``, each call in a copy of the context current here.
 
         Raises:
             TypeError: ``fn`` is not callable (here, before anything is submitted).
         """
         if not callable(fn):
             not_callable("map", "fn", fn)
-        return super().map(fn, *iterables, timeout=timeout, chunksize=chunksize, **kwargs)
+        bound = _RunInCopy(copy_context(), fn)
+        return super().map(bound, *iterables, timeout=timeout, chunksize=chunksize, **kwargs)
+
+    def _adjust_thread_count(self) -> None:
+        # ThreadPoolExecutor starts its worker threads here, lazily, inside
+        # submit(): in the submitter's context, which a thread may inherit.
+        Context().run(super()._adjust_thread_count)
 
 
 class ContextExecutor(Executor):
@@ -153,6 +211,7 @@ class ContextExecutor(Executor):
 
     def __init__(self, executor: Executor) -> None:
         self._executor = executor
+        self._starts_threads = isinstance(executor, ThreadPoolExecutor)
 
     @property
     def executor(self) -> Executor:
@@ -165,9 +224,19 @@ class ContextExecutor(Executor):
         Raises:
             TypeError: ``fn`` is not callable (here, not in the worker).
         """
+        if type(fn) is _RunInCopy:  # from map(): bound to map()'s caller already
+            return self._submit(fn, *args, **kwargs)
         if not callable(fn):
             not_callable("submit", "fn", fn)
-        return submit_in_copy(self._executor.submit, fn, args, kwargs)
+        return self._submit(copy_context().run, fn, *args, **kwargs)
+
+    def _submit(self, *call: Any, **kwargs: Any) -> Future[Any]:
+        submit: Callable[..., Future[Any]] = self._executor.submit
+        if self._starts_threads:
+            # A ThreadPoolExecutor starts workers lazily in submit(): keep them
+            # out of the caller's context (its submit has no code of ours).
+            return adopt(Context().run(submit, *call, **kwargs))
+        return adopt(submit(*call, **kwargs))
 
     def map(
         self,
@@ -177,14 +246,15 @@ class ContextExecutor(Executor):
         chunksize: int = 1,
         **kwargs: Any,
     ) -> Iterator[R]:
-        """``Executor.map`` through ``submit``: each call in a copy of the caller's context.
+        """``Executor.map`` through ``submit``: each call in a copy of the context current here.
 
         Raises:
             TypeError: ``fn`` is not callable (here, before anything is submitted).
         """
         if not callable(fn):
             not_callable("map", "fn", fn)
-        return super().map(fn, *iterables, timeout=timeout, chunksize=chunksize, **kwargs)
+        bound = _RunInCopy(copy_context(), fn)
+        return super().map(bound, *iterables, timeout=timeout, chunksize=chunksize, **kwargs)
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         """Shut the wrapped executor down (``cancel_futures`` is passed only when true)."""
@@ -218,16 +288,15 @@ def wrap_executor(executor: Executor) -> Executor:
             "wrap_executor() argument 'executor' must be a concurrent.futures.Executor,"
             f" not {type(executor).__name__}"
         )
-    # 3.14's InterpreterPoolExecutor: none can exist unless its module is loaded.
-    interpreters = sys.modules.get("concurrent.futures.interpreter")
-    if isinstance(executor, ProcessPoolExecutor) or (
-        interpreters is not None and isinstance(executor, interpreters.InterpreterPoolExecutor)
-    ):
-        raise TypeError(
-            f"wrap_executor() cannot propagate the context into a {type(executor).__name__}:"
-            " a contextvars.Context cannot cross a process or interpreter boundary"
-        )
+    check_in_process("wrap_executor", executor)
     return ContextExecutor(executor)
 
 
-__all__ = ["ContextExecutor", "ContextFuture", "ContextThreadPoolExecutor", "adopt", "wrap_executor"]
+__all__ = [
+    "ContextExecutor",
+    "ContextFuture",
+    "ContextThreadPoolExecutor",
+    "adopt",
+    "check_in_process",
+    "wrap_executor",
+]

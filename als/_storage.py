@@ -16,30 +16,19 @@ Invariants:
 from __future__ import annotations
 
 import itertools
-import os
-import threading
 from collections.abc import Callable
 from contextvars import ContextVar, Token, copy_context
 from types import TracebackType
 from typing import Any, Generic, ParamSpec, TypeVar, overload
 
-from ._context import Snapshot, bind, in_context, not_callable, snapshot
+from ._context import ForkSafeLock, Snapshot, bind, in_context, not_callable, snapshot
 
 P = ParamSpec("P")
 R = TypeVar("R")
 T = TypeVar("T")
 
 _names = itertools.count(1)
-_names_lock = threading.Lock()
-
-
-def _renew_lock_in_child() -> None:
-    global _names_lock  # noqa: PLW0603 - a lock inherited across fork() may be held forever
-    _names_lock = threading.Lock()
-
-
-if hasattr(os, "register_at_fork"):  # pragma: no branch - absent on Windows
-    os.register_at_fork(after_in_child=_renew_lock_in_child)
+_names_lock = ForkSafeLock()
 
 
 def _generated_name() -> str:
@@ -157,6 +146,12 @@ class AsyncLocalStorage(Generic[T]):
         one task. An exit that runs in another context than the enter (a
         streaming generator closed by the server from another task or thread)
         neither raises nor touches that other context's binding.
+
+        Scopes entered in one context must exit in reverse order, as ``with``
+        blocks do. Exited out of order (two generators, each holding a scope
+        across a ``yield``, closed in the order they were opened), the last
+        exit restores what was current when it entered, as tokens do: the
+        store of a scope that has already exited.
         """
         return Scope(self, store)
 

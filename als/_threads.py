@@ -10,11 +10,13 @@ Invariants:
   keeps no store alive.
 * Where the interpreter already gives new threads a copy of the starter's
   context (``sys.flags.thread_inherit_context``, 3.14+), nothing is copied
-  a second time.
+  a second time: the interpreter's copy is used, and the interpreter keeps it
+  on the thread object (``Thread._context``) as it does for every thread.
 """
 
 from __future__ import annotations
 
+import numbers
 import sys
 import threading
 from collections.abc import Callable, Iterable, Mapping
@@ -111,8 +113,8 @@ class ContextTimer(_RunsInStartersContext, threading.Timer):
     ``threading.Timer``.
 
     Raises:
-        TypeError: ``function`` is not callable or ``context`` is not a
-            ``contextvars.Context`` (at construction).
+        TypeError: ``interval`` is not a number, ``function`` is not callable,
+            or ``context`` is not a ``contextvars.Context`` (at construction).
     """
 
     def __init__(
@@ -124,6 +126,10 @@ class ContextTimer(_RunsInStartersContext, threading.Timer):
         *,
         context: Context | None = None,
     ) -> None:
+        seconds: object = interval  # typed float, but any object can come
+        if isinstance(seconds, bool) or not isinstance(seconds, numbers.Real):
+            kind = type(seconds).__name__
+            raise TypeError(f"ContextTimer() argument 'interval' must be a number of seconds, not {kind}")
         if not callable(function):
             not_callable("ContextTimer", "function", function)
         _check_context("ContextTimer", context)

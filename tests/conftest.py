@@ -56,7 +56,11 @@ def threads_inherit(monkeypatch: pytest.MonkeyPatch) -> None:
     def start(self: threading.Thread) -> None:
         context = contextvars.copy_context()
         run = self.run
-        self.__dict__["run"] = lambda: context.run(run)
+
+        def inherited_run() -> None:
+            context.run(run)
+
+        self.__dict__["run"] = inherited_run
         original_start(self)
 
     monkeypatch.setattr(threading.Thread, "start", start)

@@ -25,6 +25,10 @@ from .helpers import Recorder
 other_var: contextvars.ContextVar[str] = contextvars.ContextVar("other_var", default="unset")
 
 
+class Store:
+    """A weak-referenceable store."""
+
+
 @pytest.mark.anyio
 class TestRunCoroutine:
     async def test_whole_body_across_awaits(self, storage: AsyncLocalStorage[object]) -> None:
@@ -206,9 +210,15 @@ class TestRunCoroutineAsyncio:
                 recorder("cancelled", storage.get_store())
                 raise
 
+        started = asyncio.Event()
+
+        async def body_started() -> None:
+            started.set()
+            await body()
+
         async def main() -> None:
-            task = asyncio.create_task(storage.run("A", body))
-            await asyncio.sleep(0)
+            task = asyncio.create_task(storage.run("A", body_started))
+            await started.wait()
             task.cancel()
             with pytest.raises(asyncio.CancelledError):
                 await task
@@ -216,6 +226,44 @@ class TestRunCoroutineAsyncio:
 
         asyncio.run(main())
         assert recorder.as_dict() == {"cancelled": "A"}
+
+    def test_finished_task_keeps_no_store(self, storage: AsyncLocalStorage[object]) -> None:
+        """Regression (review #2): a done task still holds its coroutine, but not the request's store."""
+        store = Store()
+        ref = weakref.ref(store)
+
+        async def handler() -> None:
+            await asyncio.sleep(0)
+
+        async def main(request: Store) -> asyncio.Task[None]:
+            task = asyncio.create_task(storage.run(request, handler))
+            await task
+            return task
+
+        task = asyncio.run(main(store))
+        del store
+        gc.collect()
+        assert ref() is None
+        assert task.done()
+
+    def test_stack_and_repr_show_the_wrapped_coroutine(self, storage: AsyncLocalStorage[object]) -> None:
+        """Regression (review #9): task.get_stack() and the repr reach into the user's coroutine."""
+        seen: list[object] = []
+
+        async def handler() -> None:
+            await asyncio.sleep(0)
+
+        async def main() -> None:
+            task = asyncio.create_task(storage.run("A", handler))
+            await asyncio.sleep(0)  # the task is now suspended inside handler
+            seen.append([frame.f_code.co_name for frame in task.get_stack()])
+            seen.append(repr(task))
+            await task
+
+        asyncio.run(main())
+        assert seen[0] == ["handler"]
+        assert "running at" in str(seen[1])
+        assert "test_async.py" in str(seen[1])
 
     def test_task_repr_names_the_coroutine(self, storage: AsyncLocalStorage[object]) -> None:
         """A task running a driven coroutine is shown with the coroutine's name."""
@@ -359,11 +407,43 @@ class TestCoroutineProtocol:
 
         assert asyncio.run(storage.run("A", plain)) == "A"
 
+    def test_collected_mid_flight_cleans_up_in_context(self, storage: AsyncLocalStorage[object]) -> None:
+        """Regression (review #9): dropped while suspended, the body's finally still sees the store."""
+        recorder = Recorder()
+
+        @types.coroutine
+        def suspend() -> Generator[None, Any, Any]:
+            yield
+
+        async def body() -> None:
+            try:
+                await suspend()
+            finally:
+                recorder("finally", storage.get_store())
+
+        coro = storage.run("A", body)
+        coro.send(None)
+        del coro
+        gc.collect()
+        assert recorder.as_dict() == {"finally": "A"}
+
+    def test_yield_from_and_weakref(self, storage: AsyncLocalStorage[object]) -> None:
+        """Regression (review #9): usable in yield from (generator-based coroutines) and weakly referenced."""
+
+        async def body() -> object:
+            return storage.get_store()
+
+        @types.coroutine
+        def legacy() -> Generator[Any, Any, Any]:
+            return (yield from storage.run("A", body))  # type: ignore[misc]
+
+        assert asyncio.run(legacy()) == "A"
+        coro = storage.run("A", body)
+        assert weakref.ref(coro)() is coro
+        coro.close()
+
     def test_unawaited_coroutine_is_released(self, storage: AsyncLocalStorage[object]) -> None:
         """A driven coroutine that is closed keeps no store alive once dropped."""
-
-        class Store:
-            pass
 
         store = Store()
         ref = weakref.ref(store)

@@ -117,6 +117,25 @@ class TestRunInExecutor:
 
         asyncio.run(main())
 
+    def test_bad_executors_raise_at_the_call(self) -> None:
+        """Regression (review #3): a non-executor or a process pool is a TypeError at the call."""
+        from concurrent.futures import ProcessPoolExecutor
+
+        async def main() -> None:
+            with pytest.raises(
+                TypeError,
+                match=r"argument 'executor' must be a concurrent.futures.Executor or None, not int$",
+            ):
+                als.run_in_executor(42, print)  # type: ignore[arg-type]
+            pool = ProcessPoolExecutor(max_workers=1)
+            try:
+                with pytest.raises(TypeError, match="cannot cross a process or interpreter boundary"):
+                    als.run_in_executor(pool, print)
+            finally:
+                pool.shutdown()
+
+        asyncio.run(main())
+
     def test_needs_a_running_loop(self) -> None:
         """Outside a running loop it is asyncio's RuntimeError."""
         with pytest.raises(RuntimeError, match="no running event loop"):

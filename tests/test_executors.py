@@ -171,7 +171,28 @@ class TestSubmit:
         assert storage.run("A", outer.submit, task).result(TIMEOUT) == ("A", "A")
 
 
+def lazy_map(
+    self: Executor, fn: Callable[..., Any], *iterables: Any, timeout: float | None = None, **_: Any
+) -> Iterator[Any]:
+    """Executor.map as CPython 3.14 runs it with buffersize: items submitted while the caller iterates."""
+    del timeout
+    for args in zip(*iterables, strict=True):
+        yield self.submit(fn, *args).result(TIMEOUT)
+
+
 class TestMap:
+    def test_items_submitted_later_keep_the_callers_context(
+        self,
+        storage: AsyncLocalStorage[object],
+        make_executor: Callable[..., Executor],
+        monkeypatch: pytest.MonkeyPatch,
+    ) -> None:
+        """Regression (review #1): items that map() submits lazily run with map()'s caller's store."""
+        monkeypatch.setattr(Executor, "map", lazy_map)
+        executor = make_executor(max_workers=2)
+        results = storage.run("A", executor.map, lambda n: (n, storage.get_store()), range(4))
+        assert storage.run("B", list, results) == [(n, "A") for n in range(4)]
+
     def test_each_call_in_the_callers_context(
         self, storage: AsyncLocalStorage[object], make_executor: Callable[..., Executor]
     ) -> None:
@@ -315,6 +336,24 @@ class TestContextFuture:
         assert recorder.as_dict() == {"callback": "B"}
         assert storage.get_store() is None
 
+    def test_callback_keeps_no_store_after_running(
+        self, storage: AsyncLocalStorage[object], make_executor: Callable[..., Executor]
+    ) -> None:
+        """Regression (review #2): a future keeps its callbacks, but not the registrant's store."""
+        executor = make_executor(max_workers=1)
+        release = threading.Event()
+        future = executor.submit(wait, release)
+        store = Store("B")
+        ref = weakref.ref(store)
+        ran = threading.Event()
+        storage.run(store, future.add_done_callback, lambda _: ran.set())
+        release.set()
+        wait(ran)
+        future.result(TIMEOUT)
+        del store
+        gc.collect()
+        assert ref() is None
+
     def test_callback_not_callable(self, make_executor: Callable[..., Executor]) -> None:
         """A non-callable callback is refused at registration."""
         future = make_executor(max_workers=1).submit(lambda: None)
@@ -327,13 +366,15 @@ class TestContextFuture:
         """cancel() and shutdown(cancel_futures=True) act on the returned future itself."""
         executor = make_executor(max_workers=1)
         release = threading.Event()
-        running = executor.submit(wait, release)
+        started = threading.Event()
+        running = executor.submit(lambda: (started.set(), wait(release)))
+        wait(started)  # the worker holds this task, so the others stay queued
         pending = [executor.submit(lambda: None) for _ in range(3)]
         assert pending[0].cancel()
         executor.shutdown(wait=False, cancel_futures=True)  # cancels what is still queued, at once
         assert all(f.cancelled() for f in pending)
         release.set()
-        assert running.result(TIMEOUT) is None
+        assert running.result(TIMEOUT) == (None, None)
         executor.shutdown(wait=True)
 
 
@@ -402,6 +443,54 @@ class TestWrapExecutor:
         with pytest.raises(TypeError):
             executor.shutdown(cancel_futures=True)
 
+    def test_not_a_future_comes_back_unchanged(self, storage: AsyncLocalStorage[object]) -> None:
+        """Regression (review #8): whatever an odd submit() returns is handed back as it is."""
+
+        class Handle:
+            def result(self) -> str:
+                return "handle"
+
+        class OddExecutor(Executor):
+            def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
+                fn(*args, **kwargs)
+                return Handle()
+
+        handle = als.wrap_executor(OddExecutor()).submit(lambda: None)
+        assert type(handle) is Handle
+        assert handle.result() == "handle"  # type: ignore[comparison-overlap]
+
+    def test_future_class_refusing_subclasses(self, storage: AsyncLocalStorage[object]) -> None:
+        """Regression (review #8): a Future class whose __init_subclass__ raises: no error after submit."""
+
+        class Picky(Future[Any]):
+            def __init_subclass__(cls, **kwargs: Any) -> None:
+                raise ValueError("no subclasses")
+
+        class PickyExecutor(Executor):
+            def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future[Any]:
+                future = Picky()
+                future.set_result(fn(*args, **kwargs))
+                return future
+
+        future = storage.run("A", als.wrap_executor(PickyExecutor()).submit, storage.get_store)
+        assert type(future) is Picky
+        assert future.result() == "A"
+
+    def test_wrapped_executors_own_submit_sees_the_request(self, storage: AsyncLocalStorage[object]) -> None:
+        """Regression (review #10): an instrumented executor's submit() runs in the caller's context."""
+        recorder = Recorder()
+
+        class TracingExecutor(Executor):
+            def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future[Any]:
+                recorder("submit", storage.get_store())
+                future: Future[Any] = Future()
+                future.set_result(fn(*args, **kwargs))
+                return future
+
+        future = storage.run("A", als.wrap_executor(TracingExecutor()).submit, storage.get_store)
+        assert future.result() == "A"
+        assert recorder.as_dict() == {"submit": "A"}
+
     def test_repr_and_executor(self) -> None:
         """The wrapper shows and exposes what it wraps."""
         inner = ThreadPoolExecutor(max_workers=1)
@@ -415,6 +504,20 @@ def test_plain_thread_pool_loses_the_store(storage: AsyncLocalStorage[object]) -
     """The problem als solves: a plain ThreadPoolExecutor task does not see the submitter's store."""
     with ThreadPoolExecutor(max_workers=1) as executor:
         assert storage.run("A", executor.submit, storage.get_store).result(TIMEOUT) is None
+
+
+def test_subclass_submit_sees_the_request(storage: AsyncLocalStorage[object]) -> None:
+    """A ContextThreadPoolExecutor subclass's submit() override runs in the caller's context."""
+    recorder = Recorder()
+
+    class Traced(ContextThreadPoolExecutor):
+        def submit(self, fn: Callable[..., R], /, *args: Any, **kwargs: Any) -> Future[R]:
+            recorder("submit", storage.get_store())
+            return super().submit(fn, *args, **kwargs)
+
+    with Traced(max_workers=1) as executor:
+        assert storage.run("A", executor.submit, storage.get_store).result(TIMEOUT) == "A"
+    assert recorder.as_dict() == {"submit": "A"}
 
 
 def test_many_submitters_threads(storage: AsyncLocalStorage[object]) -> None:

@@ -9,7 +9,6 @@ import weakref
 
 import pytest
 
-import als
 from als import AsyncLocalStorage, ContextThread, ContextTimer
 
 from .helpers import TIMEOUT, Recorder, join_all, stdlib_loses_context, wait
@@ -206,7 +205,11 @@ class TestContextTimer:
         assert recorder.as_dict() == {"timer": "in ctx"}
 
     def test_bad_input(self) -> None:
-        """A non-callable function is refused at construction."""
+        """A non-number interval, non-callable function or non-Context context is refused at construction."""
+        with pytest.raises(
+            TypeError, match=r"^ContextTimer\(\) argument 'interval' must be a number of seconds, not str$"
+        ):
+            ContextTimer("soon", print)  # type: ignore[arg-type]
         with pytest.raises(
             TypeError, match=r"^ContextTimer\(\) argument 'function' must be callable, not str$"
         ):
@@ -227,10 +230,16 @@ def test_plain_thread_and_timer_lose_the_store(storage: AsyncLocalStorage[object
 
 
 @pytest.mark.usefixtures("threads_inherit")
-def test_where_threads_already_inherit(storage: AsyncLocalStorage[object]) -> None:
-    """Where new threads inherit by themselves, a ContextThread still runs with its starter's store."""
+def test_where_threads_already_inherit(
+    storage: AsyncLocalStorage[object], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Where new threads inherit by themselves (3.14's flag), a ContextThread leaves the copy to them."""
+    import als._threads
+
+    monkeypatch.setattr(als._threads, "_INTERPRETER_COPIES", True)
     recorder = Recorder()
     thread = als.ContextThread(target=lambda: recorder("thread", storage.get_store()))
     storage.run("A", thread.start)
     join_all([thread])
     assert recorder.as_dict() == {"thread": "A"}
+    assert thread.__dict__["run"].__name__ == "inherited_run"  # the inherited copy ran it, als added none
