@@ -437,7 +437,10 @@ class TestCoroutineProtocol:
         def legacy() -> Generator[Any, Any, Any]:
             return (yield from storage.run("A", body))  # type: ignore[misc]
 
-        assert asyncio.run(legacy()) == "A"
+        async def main() -> object:
+            return await legacy()
+
+        assert asyncio.run(main()) == "A"
         coro = storage.run("A", body)
         assert weakref.ref(coro)() is coro
         coro.close()
