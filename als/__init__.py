@@ -3,14 +3,15 @@
 ``AsyncLocalStorage.run(store, fn)`` makes ``store`` what ``get_store()``
 returns anywhere below ``fn``: across ``await`` and asyncio/trio tasks (which
 ``contextvars`` already follows) and across thread hops (which it does not)
-made through the wrappers here: executors, threads, timers and
-``run_in_executor``. Every hop runs in a fresh copy of the context current
+made through the wrappers here (executors, threads, timers and
+``run_in_executor``) or, after ``patch()``, through the standard library's own. Every hop runs in a fresh copy of the context current
 at the hand-off; nothing a hop sets leaks back or across pooled tasks.
 """
 
 from ._asyncio import install_default_executor, run_in_executor
 from ._context import Snapshot, bind, snapshot
 from ._executors import ContextFuture, ContextThreadPoolExecutor, wrap_executor
+from ._patch import is_patched, patch, patched, unpatch
 from ._storage import AsyncLocalStorage, Scope
 from ._threads import ContextThread, ContextTimer
 
@@ -26,7 +27,11 @@ __all__ = [
     "Snapshot",
     "bind",
     "install_default_executor",
+    "is_patched",
+    "patch",
+    "patched",
     "run_in_executor",
     "snapshot",
+    "unpatch",
     "wrap_executor",
 ]

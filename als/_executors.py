@@ -118,7 +118,7 @@ def adopt(future: Future[R]) -> Future[R]:
     return future
 
 
-class _RunInCopy:
+class RunInCopy:
     """``fn(*args)`` in a fresh copy of a context captured once: ``map``'s items.
 
     ``submit`` recognises it and adds no second copy.
@@ -172,7 +172,7 @@ class ContextThreadPoolExecutor(ThreadPoolExecutor):
             RuntimeError: the executor is shut down (as ``ThreadPoolExecutor``).
         """
         submit: Callable[..., Future[R]] = super().submit
-        if type(fn) is _RunInCopy:  # from map(): bound to map()'s caller already
+        if type(fn) is RunInCopy:  # from map(): bound to map()'s caller already
             return adopt(submit(fn, *args, **kwargs))
         if not callable(fn):
             not_callable("submit", "fn", fn)
@@ -193,7 +193,7 @@ class ContextThreadPoolExecutor(ThreadPoolExecutor):
         """
         if not callable(fn):
             not_callable("map", "fn", fn)
-        bound = _RunInCopy(copy_context(), fn)
+        bound = RunInCopy(copy_context(), fn)
         return super().map(bound, *iterables, timeout=timeout, chunksize=chunksize, **kwargs)
 
     def _adjust_thread_count(self) -> None:
@@ -224,7 +224,7 @@ class ContextExecutor(Executor):
         Raises:
             TypeError: ``fn`` is not callable (here, not in the worker).
         """
-        if type(fn) is _RunInCopy:  # from map(): bound to map()'s caller already
+        if type(fn) is RunInCopy:  # from map(): bound to map()'s caller already
             return self._submit(fn, *args, **kwargs)
         if not callable(fn):
             not_callable("submit", "fn", fn)
@@ -253,7 +253,7 @@ class ContextExecutor(Executor):
         """
         if not callable(fn):
             not_callable("map", "fn", fn)
-        bound = _RunInCopy(copy_context(), fn)
+        bound = RunInCopy(copy_context(), fn)
         return super().map(bound, *iterables, timeout=timeout, chunksize=chunksize, **kwargs)
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:

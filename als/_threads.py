@@ -37,6 +37,34 @@ def _check_context(function: str, context: object) -> None:
         )
 
 
+def start_in(thread: threading.Thread, context: Context, start: Callable[[], None]) -> None:
+    """Call ``start()`` (which starts ``thread``) with the thread's ``run()`` running in ``context``.
+
+    ``run`` becomes an instance attribute, so that Thread's bootstrap calls it
+    in place of ``run()`` whatever class defines ``run()``; it removes itself
+    when ``run()`` ends, so the finished thread keeps no context.
+    """
+    if thread.ident is not None:  # started before: let Thread raise its own error
+        start()
+        return
+    run = thread.run  # the class's run(), possibly a subclass's override
+
+    def run_in_context() -> None:
+        try:
+            context.run(run)
+        finally:
+            # Thread.run drops target/args for the same reason: a finished
+            # thread must not keep the request's store alive.
+            thread.__dict__.pop("run", None)
+
+    thread.__dict__["run"] = run_in_context
+    try:
+        start()
+    except BaseException:
+        thread.__dict__.pop("run", None)
+        raise
+
+
 class _RunsInStartersContext(threading.Thread):
     """Mix-in: ``run()`` runs in a copy of the context of ``start()``'s caller."""
 
@@ -49,27 +77,7 @@ class _RunsInStartersContext(threading.Thread):
                 super().start()
                 return
             context = copy_context()
-        if self.ident is not None:  # started before: let Thread raise its own error
-            super().start()
-            return
-        run = self.run  # the class's run(), possibly a subclass's override
-
-        def run_in_context() -> None:
-            try:
-                context.run(run)
-            finally:
-                # Thread.run drops target/args for the same reason: a finished
-                # thread must not keep the request's store alive.
-                self.__dict__.pop("run", None)
-
-        # An instance attribute, so that Thread's bootstrap calls it in place
-        # of run() whatever class defines run().
-        self.__dict__["run"] = run_in_context
-        try:
-            super().start()
-        except BaseException:
-            self.__dict__.pop("run", None)
-            raise
+        start_in(self, context, super().start)
 
 
 class ContextThread(_RunsInStartersContext):

@@ -17,6 +17,11 @@ _ORIGINALS = {
         "submit",
         concurrent.futures.ThreadPoolExecutor.submit,
     ),
+    "ProcessPoolExecutor.submit": (
+        concurrent.futures.ProcessPoolExecutor,
+        "submit",
+        concurrent.futures.ProcessPoolExecutor.submit,
+    ),
     "Future.add_done_callback": (
         concurrent.futures.Future,
         "add_done_callback",
@@ -29,8 +34,10 @@ _ORIGINALS = {
 def _stdlib_untouched() -> Iterator[None]:
     """Every test leaves the standard library's classes exactly as it found them."""
     yield
+    assert not als.is_patched(), "a test left als.patch() on"
     for label, (owner, name, original) in _ORIGINALS.items():
         assert owner.__dict__[name] is original, f"{label} was left replaced"
+    assert "map" not in concurrent.futures.ThreadPoolExecutor.__dict__, "ThreadPoolExecutor.map was left"
 
 
 @pytest.fixture

@@ -1,0 +1,447 @@
+"""als.patch(): unmodified standard-library code propagates the context on every thread hop."""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import gc
+import inspect
+import os
+import sys
+import threading
+import types
+import weakref
+from collections.abc import Iterator
+from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
+
+import pytest
+
+import als
+import als._patch
+from als import AsyncLocalStorage
+
+from .helpers import TIMEOUT, Recorder, Worker, join_all, wait
+
+ORIGINALS = {
+    (threading.Thread, "start"): threading.Thread.__dict__["start"],
+    (ThreadPoolExecutor, "submit"): ThreadPoolExecutor.__dict__["submit"],
+    (ProcessPoolExecutor, "submit"): ProcessPoolExecutor.__dict__["submit"],
+}
+
+task_var: contextvars.ContextVar[str] = contextvars.ContextVar("task_var", default="unset")
+
+
+class Store:
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+
+def pid_and_store(storage_name: str) -> tuple[int, str]:
+    """Runs in a worker process: picklable, reports where it ran."""
+    return os.getpid(), storage_name
+
+
+@pytest.fixture
+def patched_process() -> Iterator[None]:
+    als.patch()
+    try:
+        yield
+    finally:
+        als.unpatch()
+
+
+@pytest.fixture
+def copies(monkeypatch: pytest.MonkeyPatch) -> list[None]:
+    """Counts the copies the patch makes of a request's context (at most one per hop).
+
+    Copies of an empty context, made when a pool starts a worker thread
+    outside any request, are not counted: whether a hop starts a worker
+    depends on timing.
+    """
+    made: list[None] = []
+    original = als._patch.copy_context
+
+    def counting() -> contextvars.Context:
+        context = original()
+        if len(context):
+            made.append(None)
+        return context
+
+    monkeypatch.setattr(als._patch, "copy_context", counting)
+    return made
+
+
+@pytest.mark.usefixtures("patched_process")
+class TestThreads:
+    def test_thread_target_subclass_and_timer(self, storage: AsyncLocalStorage[object]) -> None:
+        """Thread(target=), a subclass overriding run() and a Timer all see the starter's store."""
+        recorder = Recorder()
+
+        class Legacy(threading.Thread):
+            def run(self) -> None:
+                recorder("subclass", storage.get_store())
+
+        def request() -> list[threading.Thread]:
+            threads = [
+                threading.Thread(target=lambda: recorder("target", storage.get_store())),
+                Legacy(),
+                threading.Timer(0, lambda: recorder("timer", storage.get_store())),
+            ]
+            for thread in threads:
+                thread.start()
+            return threads
+
+        join_all(storage.run("A", request))
+        assert recorder.as_dict() == {"target": "A", "subclass": "A", "timer": "A"}
+
+    def test_copied_at_start_and_nothing_leaks_back(self, storage: AsyncLocalStorage[object]) -> None:
+        """A thread built in A and started in B sees B; what it sets stays in the thread."""
+        recorder = Recorder()
+
+        def target() -> None:
+            recorder("thread", storage.get_store())
+            storage.enter_with("set in thread")
+
+        thread = storage.run("A", threading.Thread, target=target)
+
+        def request() -> object:
+            thread.start()
+            thread.join(TIMEOUT)
+            return storage.get_store()
+
+        assert storage.run("B", request) == "B"
+        assert recorder.as_dict() == {"thread": "B"}
+
+    def test_thread_created_before_patch(self, storage: AsyncLocalStorage[object]) -> None:
+        """A thread object made before patch() and started after it propagates too."""
+        als.unpatch()
+        recorder = Recorder()
+        thread = threading.Thread(target=lambda: recorder("thread", storage.get_store()))
+        als.patch()
+        storage.run("A", thread.start)
+        join_all([thread])
+        assert recorder.as_dict() == {"thread": "A"}
+
+    def test_opt_out(self, storage: AsyncLocalStorage[object]) -> None:
+        """als_inherit_context = False, on a thread or its class, starts it with an empty context."""
+        recorder = Recorder()
+
+        class LongLived(threading.Thread):
+            als_inherit_context = False
+
+            def run(self) -> None:
+                recorder("class", storage.get_store())
+
+        instance = threading.Thread(target=lambda: recorder("instance", storage.get_store()))
+        instance.als_inherit_context = False  # type: ignore[attr-defined]
+        threads = [LongLived(), instance]
+        storage.run("A", lambda: [t.start() for t in threads])
+        join_all(threads)
+        assert recorder.as_dict() == {"class": None, "instance": None}
+
+    def test_finished_thread_keeps_no_store(self, storage: AsyncLocalStorage[object]) -> None:
+        """A finished thread object keeps nothing of its starter's context."""
+        store = Store("A")
+        ref = weakref.ref(store)
+        thread = threading.Thread(target=storage.get_store)
+        storage.run(store, thread.start)
+        join_all([thread])
+        del store
+        gc.collect()
+        assert ref() is None
+
+    def test_exceptions_reach_excepthook_unchanged(
+        self, storage: AsyncLocalStorage[object], monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """An exception in a patched thread reaches threading.excepthook as the same object."""
+        calls: list[threading.ExceptHookArgs] = []
+        monkeypatch.setattr(threading, "excepthook", calls.append)
+        error = RuntimeError("in thread")
+
+        def fail() -> None:
+            raise error
+
+        thread = threading.Thread(target=fail)
+        storage.run("A", thread.start)
+        join_all([thread])
+        assert [c.exc_value for c in calls] == [error]
+
+    def test_als_threads_are_not_copied_twice(
+        self, storage: AsyncLocalStorage[object], copies: list[None]
+    ) -> None:
+        """ContextThread and ContextTimer copy for themselves; the patch adds no copy."""
+        recorder = Recorder()
+        threads = [
+            als.ContextThread(target=lambda: recorder("thread", storage.get_store())),
+            als.ContextTimer(0, lambda: recorder("timer", storage.get_store())),
+        ]
+        storage.run("A", lambda: [t.start() for t in threads])
+        join_all(threads)
+        assert recorder.as_dict() == {"thread": "A", "timer": "A"}
+        assert copies == []
+
+
+@pytest.mark.usefixtures("patched_process")
+class TestThreadPools:
+    def test_submit_and_map(self, storage: AsyncLocalStorage[object]) -> None:
+        """submit() and map() on a plain ThreadPoolExecutor run with the submitter's store."""
+        with ThreadPoolExecutor(max_workers=2) as executor:
+
+            def request() -> tuple[object, list[object]]:
+                future = executor.submit(storage.get_store)
+                mapped = list(executor.map(lambda _: storage.get_store(), range(3)))
+                return future.result(TIMEOUT), mapped
+
+            assert storage.run("A", request) == ("A", ["A", "A", "A"])
+
+    def test_executor_created_before_patch(self, storage: AsyncLocalStorage[object]) -> None:
+        """An executor made (and its worker started) before patch() propagates after it."""
+        als.unpatch()
+        with ThreadPoolExecutor(max_workers=1) as executor:
+            executor.submit(lambda: None).result(TIMEOUT)  # the worker thread exists
+            als.patch()
+            assert storage.run("A", executor.submit, storage.get_store).result(TIMEOUT) == "A"
+
+    def test_nothing_leaks_back_or_across(self, storage: AsyncLocalStorage[object]) -> None:
+        """What a task sets reaches neither its submitter nor the same worker's next task."""
+
+        def first() -> int:
+            storage.enter_with("set by first")
+            task_var.set("set by first")
+            return threading.get_ident()
+
+        with ThreadPoolExecutor(max_workers=1) as executor:
+
+            def request() -> tuple[int, int, object, str, object]:
+                ident = executor.submit(first).result(TIMEOUT)
+                ident2, store, var = executor.submit(
+                    lambda: (threading.get_ident(), storage.get_store(), task_var.get())
+                ).result(TIMEOUT)
+                return ident, ident2, store, var, storage.get_store()
+
+            ident, ident2, store, var, after = storage.run("A", request)
+        assert ident == ident2
+        assert (store, var, after) == ("A", "unset", "A")
+
+    def test_nested_pool_inside_a_worker(self, storage: AsyncLocalStorage[object]) -> None:
+        """A task that fans out to another plain pool hands its store on."""
+        with ThreadPoolExecutor(max_workers=1) as outer, ThreadPoolExecutor(max_workers=2) as inner:
+
+            def task() -> list[object]:
+                return [f.result(TIMEOUT) for f in [inner.submit(storage.get_store) for _ in range(2)]]
+
+            assert storage.run("A", outer.submit, task).result(TIMEOUT) == ["A", "A"]
+
+    def test_workers_are_not_pinned(self, storage: AsyncLocalStorage[object]) -> None:
+        """A worker started while A submits: later tasks see no store, and A's store is released."""
+        store = Store("A")
+        ref = weakref.ref(store)
+        with ThreadPoolExecutor(max_workers=1, initializer=lambda: task_var.set("init")) as executor:
+            storage.run(store, executor.submit, storage.get_store).result(TIMEOUT)
+            assert executor.submit(storage.get_store).result(TIMEOUT) is None
+            del store
+            gc.collect()
+            assert ref() is None  # the idle worker keeps nothing of request A
+
+    def test_bad_input_keeps_stdlib_behaviour(self) -> None:
+        """submit(42) still returns a future that fails as the standard library's would."""
+        with ThreadPoolExecutor(max_workers=1) as executor:
+            error = executor.submit(42).exception(TIMEOUT)  # type: ignore[arg-type]
+        assert isinstance(error, TypeError)
+        assert str(error) == "'int' object is not callable"
+
+    def test_exceptions_and_results_unchanged(self) -> None:
+        """The future carries the very exception the task raised."""
+        error = LookupError("task")
+
+        def fail() -> None:
+            raise error
+
+        with ThreadPoolExecutor(max_workers=1) as executor:
+            assert executor.submit(fail).exception(TIMEOUT) is error
+            assert executor.submit(lambda *, fn: fn, fn=3).result(TIMEOUT) == 3
+
+    def test_als_executors_are_not_copied_twice(
+        self, storage: AsyncLocalStorage[object], copies: list[None]
+    ) -> None:
+        """ContextThreadPoolExecutor and wrap_executor run under the patch with no extra copy."""
+        with als.ContextThreadPoolExecutor(max_workers=1) as own, ThreadPoolExecutor(max_workers=1) as plain:
+            wrapped = als.wrap_executor(plain)
+
+            def request() -> list[object]:
+                return [
+                    own.submit(storage.get_store).result(TIMEOUT),
+                    wrapped.submit(storage.get_store).result(TIMEOUT),
+                    *own.map(lambda _: storage.get_store(), range(2)),
+                    *wrapped.map(lambda _: storage.get_store(), range(2)),
+                ]
+
+            assert storage.run("A", request) == ["A"] * 6
+        assert copies == []
+
+    def test_one_copy_per_plain_submit(self, storage: AsyncLocalStorage[object], copies: list[None]) -> None:
+        """A plain submit() costs exactly one context copy."""
+        with ThreadPoolExecutor(max_workers=1) as executor:
+            storage.run("A", executor.submit, storage.get_store).result(TIMEOUT)
+        assert len(copies) == 1
+
+    def test_work_sent_to_another_interpreter_is_left_alone(
+        self, storage: AsyncLocalStorage[object], monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """A 3.14-style InterpreterPoolExecutor (a ThreadPoolExecutor subclass) gets its work unwrapped."""
+
+        class InterpreterPoolExecutor(ThreadPoolExecutor):
+            pass
+
+        module = types.ModuleType("concurrent.futures.interpreter")
+        module.InterpreterPoolExecutor = InterpreterPoolExecutor  # type: ignore[attr-defined]
+        monkeypatch.setitem(sys.modules, "concurrent.futures.interpreter", module)
+        with InterpreterPoolExecutor(max_workers=1) as executor:
+            assert storage.run("A", executor.submit, storage.get_store).result(TIMEOUT) is None
+            assert list(storage.run("A", executor.map, lambda _: storage.get_store(), [1])) == [None]
+
+
+@pytest.mark.usefixtures("patched_process")
+class TestAsyncio:
+    def test_run_in_executor_default_and_explicit(self, storage: AsyncLocalStorage[object]) -> None:
+        """loop.run_in_executor on the default executor and on a plain pool sees the task's store."""
+        with ThreadPoolExecutor(max_workers=1) as explicit:
+
+            async def request() -> tuple[object, object]:
+                loop = asyncio.get_running_loop()
+                return (
+                    await loop.run_in_executor(None, storage.get_store),
+                    await loop.run_in_executor(explicit, storage.get_store),
+                )
+
+            async def main() -> list[tuple[object, object]]:
+                return await asyncio.gather(*(storage.run(f"req {n}", request) for n in range(3)))
+
+            assert asyncio.run(main()) == [(f"req {n}", f"req {n}") for n in range(3)]
+
+    def test_to_thread_is_copied_once(self, storage: AsyncLocalStorage[object], copies: list[None]) -> None:
+        """asyncio.to_thread copies the context itself; the patch adds no second copy."""
+
+        async def main() -> tuple[object, int]:
+            # Counted here: asyncio.run's shutdown starts a thread of its own.
+            return await asyncio.to_thread(storage.get_store), len(copies)
+
+        assert asyncio.run(storage.run("A", main)) == ("A", 0)
+
+    def test_default_executor_made_before_patch(self, storage: AsyncLocalStorage[object]) -> None:
+        """A loop whose default executor already ran work before patch() propagates after it."""
+        als.unpatch()
+
+        async def main() -> tuple[object, object]:
+            loop = asyncio.get_running_loop()
+            await loop.run_in_executor(None, lambda: None)
+            als.patch()
+            return await storage.run("A", loop.run_in_executor, None, storage.get_store), storage.get_store()
+
+        assert asyncio.run(main()) == ("A", None)
+
+
+@pytest.mark.usefixtures("patched_process")
+class TestProcessPool:
+    def test_work_goes_unwrapped_and_manager_thread_is_not_pinned(
+        self, storage: AsyncLocalStorage[object]
+    ) -> None:
+        """A process pool under the patch runs picklable work as before; its threads keep no request."""
+        store = Store("A")
+        ref = weakref.ref(store)
+        with ProcessPoolExecutor(max_workers=1) as executor:
+            pid, name = storage.run(store, executor.submit, pid_and_store, "arg").result(60)
+            assert (pid != os.getpid(), name) == (True, "arg")
+            del store
+            gc.collect()
+            assert ref() is None  # the pool's manager thread holds nothing of the request
+
+
+class TestPatchState:
+    def test_unpatch_restores_the_originals_by_identity(self) -> None:
+        """After unpatch(), every patched attribute is the very object it was before."""
+        als.patch()
+        assert threading.Thread.start is not ORIGINALS[(threading.Thread, "start")]
+        assert "map" in ThreadPoolExecutor.__dict__
+        als.unpatch()
+        for (owner, name), original in ORIGINALS.items():
+            assert owner.__dict__[name] is original
+        assert "map" not in ThreadPoolExecutor.__dict__
+        assert ThreadPoolExecutor.map is Executor.map
+
+    def test_wrappers_keep_names_and_signatures(self) -> None:
+        """The replacements carry the originals' names, docstrings and signatures."""
+        with als.patched():
+            for (owner, name), original in ORIGINALS.items():
+                replacement = owner.__dict__[name]
+                assert replacement.__name__ == original.__name__
+                assert replacement.__doc__ == original.__doc__
+                assert replacement.__wrapped__ is original
+                assert inspect.signature(replacement) == inspect.signature(original)
+
+    def test_idempotent(self) -> None:
+        """patch() twice then unpatch() once: unpatched. unpatch() when unpatched does nothing."""
+        als.unpatch()
+        assert not als.is_patched()
+        als.patch()
+        first = threading.Thread.start
+        als.patch()
+        assert threading.Thread.start is first
+        assert als.is_patched()
+        als.unpatch()
+        assert not als.is_patched()
+        assert threading.Thread.__dict__["start"] is ORIGINALS[(threading.Thread, "start")]
+
+    def test_patched_restores_the_state_it_found(self) -> None:
+        """with patched(): unpatches after if it patched; leaves a patched process patched."""
+        with als.patched():
+            assert als.is_patched()
+        assert not als.is_patched()
+        als.patch()
+        try:
+            with als.patched():
+                pass
+            assert als.is_patched()
+        finally:
+            als.unpatch()
+
+    def test_concurrent_patch_and_unpatch(self) -> None:
+        """8 threads patching and unpatching at once leave a consistent state, whichever wins."""
+        barrier = threading.Barrier(8, timeout=TIMEOUT)
+
+        def churn(n: int) -> None:
+            for _ in range(50):
+                barrier.wait()
+                (als.patch if n % 2 else als.unpatch)()
+
+        workers = [Worker(churn, n) for n in range(8)]
+        for w in workers:
+            w.start()
+        join_all(workers)
+        installed = {key: owner.__dict__[name] for key in ORIGINALS for owner, name in [key]}
+        if als.is_patched():
+            assert all(installed[key] is not ORIGINALS[key] for key in ORIGINALS)
+        else:
+            assert all(installed[key] is ORIGINALS[key] for key in ORIGINALS)
+        als.unpatch()
+
+    def test_running_threads_survive_unpatch(self, storage: AsyncLocalStorage[object]) -> None:
+        """A thread started under the patch keeps its context after unpatch()."""
+        recorder = Recorder()
+        unpatched = threading.Event()
+
+        def target() -> None:
+            wait(unpatched)
+            recorder("thread", storage.get_store())
+
+        als.patch()
+        thread = threading.Thread(target=target)
+        storage.run("A", thread.start)
+        als.unpatch()
+        unpatched.set()
+        join_all([thread])
+        assert recorder.as_dict() == {"thread": "A"}
+
+    def test_public_names(self) -> None:
+        """patch, unpatch, is_patched and patched are public."""
+        assert {"patch", "unpatch", "is_patched", "patched"} <= set(als.__all__)
