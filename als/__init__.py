@@ -4,8 +4,9 @@
 returns anywhere below ``fn``: across ``await`` and asyncio/trio tasks (which
 ``contextvars`` already follows) and across thread hops (which it does not)
 made through the wrappers here (executors, threads, timers and
-``run_in_executor``) or, after ``patch()``, through the standard library's own. Every hop runs in a fresh copy of the context current
-at the hand-off; nothing a hop sets leaks back or across pooled tasks.
+``run_in_executor``) or, after ``patch()``, through the standard library's
+own. Every hop runs in a fresh copy of the context current at the hand-off;
+nothing a hop sets leaks back or across pooled tasks.
 """
 
 from ._asyncio import install_default_executor, run_in_executor

@@ -85,7 +85,7 @@ def _thread_pool_submit(original: Callable[..., Future[Any]]) -> Callable[..., F
 
 def _thread_pool_map(original: Callable[..., Iterator[Any]]) -> Callable[..., Iterator[Any]]:
     @functools.wraps(original)
-    def map(
+    def map(  # noqa: A001 - functools.wraps names it map anyway
         self: ThreadPoolExecutor, fn: Callable[..., Any], *iterables: Any, **kwargs: Any
     ) -> Iterator[Any]:
         # Bind every item to map()'s caller now: 3.14's buffersize submits
