@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import gc
 import inspect
@@ -20,7 +21,7 @@ import als
 import als._patch
 from als import AsyncLocalStorage
 
-from .helpers import TIMEOUT, Recorder, Worker, join_all, wait
+from .helpers import TIMEOUT, Recorder, Worker, join_all, stdlib_loses_context, wait
 
 ORIGINALS = {
     (threading.Thread, "start"): threading.Thread.__dict__["start"],
@@ -355,6 +356,44 @@ class TestProcessPool:
             del store
             gc.collect()
             assert ref() is None  # the pool's manager thread holds nothing of the request
+
+
+class TestEveryContextVarRidesAlong:
+    """Not only als's stores: any ContextVar crosses the patched hops (what OpenTelemetry and structlog
+    users ask for), shown with the real libraries."""
+
+    @pytest.mark.parametrize(
+        "patch_on", [True, pytest.param(False, marks=stdlib_loses_context)], ids=["patched", "unpatched"]
+    )
+    def test_opentelemetry_span_and_structlog_contextvars(self, patch_on: bool) -> None:
+        from opentelemetry import trace
+        from opentelemetry.sdk.trace import TracerProvider
+        from structlog.contextvars import bind_contextvars, get_contextvars
+
+        tracer = TracerProvider().get_tracer("als-tests")
+        recorder = Recorder()
+
+        def observe(hop: str) -> None:
+            span = trace.get_current_span().get_span_context()
+            recorder(hop, (span.span_id if span.is_valid else None, get_contextvars().get("request_id")))
+
+        class Legacy(threading.Thread):
+            def run(self) -> None:
+                observe("thread subclass")
+
+        def request() -> int:
+            bind_contextvars(request_id="abc")
+            with tracer.start_as_current_span("request") as span, ThreadPoolExecutor(max_workers=1) as pool:
+                pool.submit(observe, "pool").result(TIMEOUT)
+                thread = Legacy()
+                thread.start()
+                join_all([thread])
+                return int(span.get_span_context().span_id)
+
+        with als.patched() if patch_on else contextlib.nullcontext():
+            span_id = contextvars.copy_context().run(request)
+        expected = (span_id, "abc") if patch_on else (None, None)
+        assert recorder.as_dict() == {"pool": expected, "thread subclass": expected}
 
 
 class TestPatchState:
