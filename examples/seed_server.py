@@ -4,8 +4,10 @@ Every request runs under ``storage.run(next_id, ...)``. It logs ``start``; on th
 next turn of the event loop (Node's ``setImmediate``) it logs ``processing...``;
 it hops once to a worker thread through ``als.run_in_executor`` and logs there;
 after a short delay (Node's ``setTimeout``) it logs ``finish`` and responds with
-its id in an ``X-Request-ID`` header. Each log line starts with
-``storage.get_store()``, or ``-`` outside a request, as in Node's example.
+its id in an ``X-Request-ID`` header. Logging goes through the standard
+library: ``als.logging.install_record_factory`` puts ``storage.get_store()`` (or
+``-`` outside a request) into every record as ``%(request_id)s``, so the log
+calls themselves know nothing of ids, as in Node's example.
 
     python examples/seed_server.py            # serve on 127.0.0.1:8080 until Ctrl-C
     curl -i http://127.0.0.1:8080/            # in another terminal
@@ -23,6 +25,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import itertools
+import logging
 import random
 import re
 import sys
@@ -32,6 +35,7 @@ from http.client import HTTPConnection
 from urllib.parse import parse_qs, urlsplit
 
 import als
+from als.logging import install_record_factory
 
 storage: als.AsyncLocalStorage[int | None] = als.AsyncLocalStorage(name="request_id")
 next_id = itertools.count()  # Node's idSeq++
@@ -40,41 +44,45 @@ MESSAGES = ("start", "processing...", "in a worker thread", "finish")
 LINE = re.compile(r" *(?P<id>-|\d+): (?P<message>.+?) +\[client (?P<client>\S+), (?P<thread>\S+)\]")
 
 
-class Log:
-    """Prints each line as it is written, and keeps them for the demo's check."""
+class KeepLines(logging.Handler):
+    """Keeps each formatted line, for the demo's check."""
 
     def __init__(self) -> None:
-        self._lock = threading.Lock()
+        super().__init__()
         self.lines: list[str] = []
 
-    def __call__(self, message: str, client: str) -> None:
-        store = storage.get_store()
-        line = (
-            f"{'-' if store is None else store:>3}: {message:<20}"
-            f" [client {client}, {threading.current_thread().name}]"
-        )
-        with self._lock:
-            self.lines.append(line)
-            print(line, flush=True)
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(self.format(record))
 
 
-log = Log()
+log = logging.getLogger("seed")
+kept = KeepLines()
+
+
+def setup_logging() -> None:
+    install_record_factory(storage, field="request_id", default="-")
+    formatter = logging.Formatter("%(request_id)3s: %(message)-20s [client %(client)s, %(threadName)s]")
+    for handler in (logging.StreamHandler(sys.stdout), kept):
+        handler.setFormatter(formatter)
+        log.addHandler(handler)
+    log.setLevel(logging.INFO)
+    log.propagate = False
 
 
 def work_in_thread(client: str) -> str:
     """The blocking part of a request: runs on a worker thread, logs with the request's id."""
-    log("in a worker thread", client)
+    log.info("in a worker thread", extra={"client": client})
     return f"hello, client {client}\n"
 
 
 async def handle(client: str, writer: asyncio.StreamWriter) -> None:
     """One request, from start to response; runs inside ``storage.run``."""
-    log("start", client)
+    log.info("start", extra={"client": client})
     await asyncio.sleep(0)  # Node's setImmediate: the next turn of the event loop
-    log("processing...", client)
+    log.info("processing...", extra={"client": client})
     body = await als.run_in_executor(None, work_in_thread, client)
     await asyncio.sleep(random.uniform(0, 0.05))  # Node's setTimeout, shortened
-    log("finish", client)
+    log.info("finish", extra={"client": client})
     respond(writer, 200, body, request_id=storage.get_store())
     await writer.drain()
 
@@ -176,14 +184,14 @@ async def demo(count: int) -> int:
     async with server:
         # The blocking client runs on a thread; its requests overlap on the server.
         returned = await asyncio.wait_for(asyncio.to_thread(fire_requests, port, count), 60)
-    problems = check(log.lines, returned)
+    problems = check(kept.lines, returned)
     print()
     for problem in problems:
         print(f"MISMATCH: {problem}")
     if problems:
         return 1
     print(
-        f"OK: {count} requests, {len(log.lines)} log lines from the event loop and worker threads;"
+        f"OK: {count} requests, {len(kept.lines)} log lines from the event loop and worker threads;"
         " every line carries its own request's id."
     )
     return 0
@@ -198,6 +206,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--host", default="127.0.0.1", help="address to serve on (default 127.0.0.1)")
     parser.add_argument("--port", type=int, default=8080, help="port to serve on (default 8080)")
     args = parser.parse_args(argv)
+    setup_logging()
     if args.demo:
         if args.requests < 1:
             parser.error("--requests must be at least 1")

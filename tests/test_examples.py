@@ -8,6 +8,8 @@ import sys
 from pathlib import Path
 from types import ModuleType
 
+from .helpers import THREADS_INHERIT
+
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
 
@@ -52,3 +54,31 @@ def test_seed_server_check_catches_crossed_ids() -> None:
     assert any("'-'" in p for p in seed.check(lost, {"00": "0", "01": "1"}))
     assert seed.check(good[:-1], {"00": "0", "01": "1"})
     assert seed.check(good, {"00": "0", "01": "0"})
+
+
+def test_legacy_threads() -> None:
+    """Unpatched, the legacy module loses ids; after als.patch(), every line carries its own."""
+    result = subprocess.run(
+        [sys.executable, str(EXAMPLES / "legacy_threads.py")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    if not THREADS_INHERIT:  # 3.14's thread_inherit_context keeps some of them
+        assert "without the patch: 28 of 36 lines lost their request id" in result.stdout
+    assert "with the patch: all 36 lines carry their own request's id" in result.stdout
+
+
+def test_legacy_threads_check_catches_crossed_and_lost_ids() -> None:
+    """The legacy example's check reports a line with another request's id, with none, and a missing one."""
+    legacy = load("legacy_threads")
+    good = {(order, message): rid for order, rid in legacy.ORDERS.items() for message in legacy.MESSAGES}
+    assert legacy.check(good) == []
+    crossed = good | {("order-1", "Timer"): "req-b2"}
+    lost = good | {("order-2", "Thread subclass"): "-"}
+    missing = {k: v for k, v in good.items() if k != ("order-3", "request end")}
+    assert legacy.check(crossed) == ["order-1 'Timer': expected req-a1, got req-b2"]
+    assert legacy.check(lost) == ["order-2 'Thread subclass': expected req-b2, got -"]
+    assert legacy.check(missing) == ["order-3 'request end': expected req-c3, got no line"]
