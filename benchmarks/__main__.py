@@ -21,14 +21,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="fewer, shorter repetitions (under a minute)")
     parser.add_argument("--only", nargs="+", choices=sorted(GROUPS), help="run only these sets")
     parser.add_argument("--no-pin", action="store_true", help="do not pin the process to one CPU")
-    parser.add_argument("--json", type=Path, help="where to write raw figures (default: results/ on full runs)")
+    parser.add_argument(
+        "--json", type=Path, help="where to write raw figures (default: results/ on full runs)"
+    )
     args = parser.parse_args(argv)
 
     cpu = None if args.no_pin else pin_to_one_cpu()
     repetitions, divisor = (7, 10) if args.quick else (21, 1)
-    print(f"Python {platform.python_version()} on {platform.machine()}, pinned to CPU {cpu}; "
-          f"{repetitions} interleaved repetitions per group{' (quick)' if args.quick else ''}\n")
-    print(f"{'operation':<44} {'variant':<15} {'per op':>10} {'ratio':>7} {'spread':>13} {'target':>7}")
+    print(
+        f"Python {platform.python_version()} on {platform.machine()}, pinned to CPU {cpu}; "
+        f"{repetitions} interleaved repetitions per group{' (quick)' if args.quick else ''}\n"
+    )
+    print(f"{'operation':<44} {'variant':<15} {'per op':>10} {'ratio':>7} {'IQR':>13} {'target':>7}")
 
     results: list[Result] = []
     groups = [group for name in (args.only or GROUPS) for group in GROUPS[name]()]
@@ -41,13 +45,15 @@ def main(argv: list[str] | None = None) -> int:
             per_op = sorted(result.per_op_ns)[len(result.per_op_ns) // 2] / 1000
             print(
                 f"{group.name:<44} {result.variant:<15} {per_op:>8.2f}us {result.ratio:>6.3f}x"
-                f" {min(result.ratios):>6.3f}-{max(result.ratios):<6.3f} {target:>7}{verdict}"
+                f" {result.quartiles[0]:>6.3f}-{result.quartiles[1]:<6.3f} {target:>7}{verdict}"
             )
 
     missed = [r for r in results if r.met is False]
     checked = [r for r in results if r.met is not None]
-    print(f"\n{len(checked) - len(missed)} of {len(checked)} targets met"
-          + (f"; missed: {', '.join(f'{r.group} ({r.variant})' for r in missed)}" if missed else ""))
+    print(
+        f"\n{len(checked) - len(missed)} of {len(checked)} targets met"
+        + (f"; missed: {', '.join(f'{r.group} ({r.variant})' for r in missed)}" if missed else "")
+    )
 
     path = args.json
     if path is None and not args.quick:
@@ -63,8 +69,13 @@ def main(argv: list[str] | None = None) -> int:
             "repetitions": repetitions,
             "results": [
                 {
-                    "group": r.group, "variant": r.variant, "baseline": r.baseline, "target": r.target,
-                    "median_ratio": r.ratio, "ratios": r.ratios, "per_op_ns": r.per_op_ns,
+                    "group": r.group,
+                    "variant": r.variant,
+                    "baseline": r.baseline,
+                    "target": r.target,
+                    "median_ratio": r.ratio,
+                    "ratios": r.ratios,
+                    "per_op_ns": r.per_op_ns,
                 }
                 for r in results
             ],

@@ -3,7 +3,9 @@
 Each group times its variants one after the other inside every repetition, in
 an order that rotates between repetitions, so that drift on a shared machine
 hits every variant alike. The figure reported for a variant is the median of
-its per-repetition ratios to the baseline, with their spread (min..max).
+its per-repetition ratios to the baseline, with their interquartile range
+(thread hand-offs on a shared machine have outliers that min..max would show
+instead of the typical spread).
 """
 
 from __future__ import annotations
@@ -52,6 +54,11 @@ class Result:
         return statistics.median(self.ratios)
 
     @property
+    def quartiles(self) -> tuple[float, float]:
+        q = statistics.quantiles(self.ratios, n=4)
+        return q[0], q[2]
+
+    @property
     def met(self) -> bool | None:
         return None if self.target is None else self.ratio <= self.target
 
@@ -88,4 +95,6 @@ def measure(group: Group, repetitions: int, number: int) -> Iterator[Result]:
                 per_op[name].append(times[name])
                 ratios[name].append(times[name] / times[group.baseline.name])
     for name in names[1:]:
-        yield Result(group.name, name, group.baseline.name, per_op[name], ratios[name], group.targets.get(name))
+        yield Result(
+            group.name, name, group.baseline.name, per_op[name], ratios[name], group.targets.get(name)
+        )

@@ -29,7 +29,9 @@ def programs_with_output() -> list[tuple[str, str]]:
 
 def normalise(text: str) -> list[str]:
     """Lines in a stable order, with worker-thread numbers (which vary between runs) masked."""
-    return sorted(re.sub(r"asyncio_\d+ ?", "asyncio_N ", line).strip() for line in text.splitlines() if line.strip())
+    return sorted(
+        re.sub(r"asyncio_\d+ ?", "asyncio_N ", line).strip() for line in text.splitlines() if line.strip()
+    )
 
 
 def test_readme_programs_print_what_the_readme_shows() -> None:
