@@ -56,7 +56,7 @@ def als_patched() -> Iterator[None]:
 def opentelemetry_instrumented() -> Callable[[], contextlib.AbstractContextManager[Any]] | None:
     """OpenTelemetry's threading instrumentation as a variant, if the benchmark extra is installed."""
     try:
-        from opentelemetry.instrumentation.threading import ThreadingInstrumentor
+        from opentelemetry.instrumentation.threading import ThreadingInstrumentor  # noqa: PLC0415
     except ImportError:
         return None
     instrumentor = ThreadingInstrumentor()
