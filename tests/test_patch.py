@@ -13,7 +13,7 @@ import threading
 import types
 import weakref
 from collections.abc import Iterator
-from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
 
 import pytest
 
@@ -286,6 +286,19 @@ class TestThreadPools:
             storage.run("A", executor.submit, storage.get_store).result(TIMEOUT)
         assert len(copies) == 1
 
+    def test_done_callbacks_keep_stdlib_behaviour(self, storage: AsyncLocalStorage[object]) -> None:
+        """A plain future's callback still runs where the standard library runs it: in the completing
+        worker's own context, not the registrant's (only als's ContextFuture changes that)."""
+        recorder = Recorder()
+        release = threading.Event()
+        with ThreadPoolExecutor(max_workers=1) as executor:
+            future = storage.run("A", executor.submit, wait, release)
+            assert type(future) is Future
+            storage.run("B", future.add_done_callback, lambda _: recorder("callback", storage.get_store()))
+            release.set()
+            future.result(TIMEOUT)
+        assert recorder.as_dict() == {"callback": None}
+
     def test_work_sent_to_another_interpreter_is_left_alone(
         self, storage: AsyncLocalStorage[object], monkeypatch: pytest.MonkeyPatch
     ) -> None:
@@ -480,6 +493,16 @@ class TestPatchState:
         unpatched.set()
         join_all([thread])
         assert recorder.as_dict() == {"thread": "A"}
+
+    def test_thread_start_left_alone_where_the_interpreter_copies(
+        self, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """With 3.14's thread_inherit_context, Thread.start is not replaced (no second copy); the pools are."""
+        monkeypatch.setattr(als._patch, "_INTERPRETER_COPIES", True)
+        with als.patched():
+            assert threading.Thread.__dict__["start"] is ORIGINALS[(threading.Thread, "start")]
+            assert ThreadPoolExecutor.__dict__["submit"] is not ORIGINALS[(ThreadPoolExecutor, "submit")]
+        assert ThreadPoolExecutor.__dict__["submit"] is ORIGINALS[(ThreadPoolExecutor, "submit")]
 
     def test_public_names(self) -> None:
         """patch, unpatch, is_patched and patched are public."""
