@@ -497,7 +497,7 @@ class TestPatchState:
     def test_thread_start_left_alone_where_the_interpreter_copies(
         self, monkeypatch: pytest.MonkeyPatch
     ) -> None:
-        """With 3.14's thread_inherit_context, Thread.start is not replaced (no second copy); the pools are."""
+        """With 3.14's thread_inherit_context, Thread.start stays (no second copy); the pools are patched."""
         monkeypatch.setattr(als._patch, "_INTERPRETER_COPIES", True)
         with als.patched():
             assert threading.Thread.__dict__["start"] is ORIGINALS[(threading.Thread, "start")]
