@@ -286,37 +286,29 @@ class Runner:
         return view
 
     async def async_hop(self, node: Node, view: tuple[object, ...], depth: int) -> tuple[object, ...]:
+        """Hand ``node`` off from an async parent; return the parent's view afterwards."""
+        if node.hop not in ASYNC_BODY and node.hop not in ("als.run_in_executor", "loop.run_in_executor"):
+            return self.hop(node, view, depth)  # a synchronous hop, blocking the loop briefly
+        self.hops.append(node.hop)
         entry = self.on_entry(node, view)
+        loop = asyncio.get_running_loop()
         if node.hop == "await":
-            self.hops.append(node.hop)
-            # The same context as the caller: what the child leaves, the parent sees.
+            # The caller's own context: what the child leaves, the parent sees.
             return await self.async_body(node, entry, depth)
         if node.hop == "create_task":
-            self.hops.append(node.hop)
             await asyncio.create_task(self.async_body(node, entry, depth))
-            return view
-        if node.hop == "bind async":
-            self.hops.append(node.hop)
+        elif node.hop == "bind async":
             await als.bind(self.async_body)(node, entry, depth)
-            return view
-        if node.hop == "snapshot async":
-            self.hops.append(node.hop)
+        elif node.hop == "snapshot async":
             await als.snapshot()(self.async_body, node, entry, depth)
-            return view
-        if node.hop == "als.run_in_executor":
-            self.hops.append(node.hop)
+        elif node.hop == "als.run_in_executor":
             await als.run_in_executor(self.pools["plain"][depth], self.body, node, entry, depth)
-            return view
-        if node.hop == "loop.run_in_executor":
-            self.hops.append(node.hop)
-            loop = asyncio.get_running_loop()
-            if self.patched:
-                await loop.run_in_executor(None, self.body, node, entry, depth)
-            else:
-                with self.stdlib_pool(depth) as pool:
-                    await loop.run_in_executor(pool, self.body, node, entry, depth)
-            return view
-        return self.hop(node, view, depth)
+        elif self.patched:
+            await loop.run_in_executor(None, self.body, node, entry, depth)
+        else:
+            with self.stdlib_pool(depth) as pool:
+                await loop.run_in_executor(pool, self.body, node, entry, depth)
+        return view
 
 
 @pytest.fixture(scope="module")
