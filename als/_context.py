@@ -217,12 +217,31 @@ def bind(fn: Callable[P, R], /) -> Callable[P, R]:
 
         return cast("Callable[P, R]", bound_async)
 
-    @functools.wraps(fn)
-    def bound(*args: P.args, **kwargs: P.kwargs) -> R:
-        context = captured.copy()
-        return in_context(context, context.run(fn, *args, **kwargs))
+    return cast("Callable[P, R]", BoundFunction(fn, captured))
 
-    return bound
+
+class BoundFunction:
+    """What ``bind`` returns for a synchronous function: each call in a fresh copy of one capture.
+
+    Behaves as the function it wraps (``functools.update_wrapper``; it binds
+    as a method when set on a class). A distinct type, so that a thread pool
+    under ``als.patch()`` knows it enters a context itself.
+    """
+
+    def __init__(self, fn: Callable[..., Any], captured: Context) -> None:
+        self._fn = fn
+        self._captured = captured
+        functools.update_wrapper(self, fn)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        context = self._captured.copy()
+        return in_context(context, context.run(self._fn, *args, **kwargs))
+
+    def __get__(self, instance: object, owner: type | None = None) -> Any:
+        return self if instance is None else types.MethodType(self, instance)
+
+    def __repr__(self) -> str:
+        return f"<bound to a context: {self._fn!r}>"
 
 
 class Snapshot:

@@ -2,22 +2,31 @@
 
 Invariants:
 
-* Each replaced attribute is saved as it was found in its owner's
-  ``__dict__`` (or as absent, for an inherited one), and ``unpatch()`` puts
-  exactly that back: ``ThreadPoolExecutor.submit is original`` holds again.
-* ``patch()`` and ``unpatch()`` take one lock; the saved state is a single
-  object swapped under it, so ``is_patched()`` reads one reference.
-* A replacement keeps the name, docstring and signature of what it wraps
-  (``functools.wraps``), its return value and its exceptions; bad input gets
-  the standard library's own behaviour.
+* Each replaced attribute is saved with what its owner held (or as absent,
+  for an inherited one). ``unpatch()`` puts the original back wherever als's
+  replacement is still in place; where another library has wrapped it since
+  (OpenTelemetry, Sentry), the buried replacement is switched off instead,
+  so the other library keeps working and nothing propagates twice.
+  Replacements from an earlier ``patch()`` stay off for good.
+* ``patch()``, ``unpatch()`` and ``patched()`` take one lock.
+* Threads: on 3.10 to 3.13 the hook is the low-level function
+  ``Thread.start`` calls (``threading._start_new_thread`` or
+  ``_start_joinable_thread``), read at call time, so every path into a new
+  thread is covered, including a ``Thread.start`` that another library
+  saved before als patched. On 3.14+ the patch gives the thread its native
+  ``_context`` instead (an explicit ``Thread(context=...)`` is kept).
+* A replacement keeps the name, docstring and signature of what it wraps,
+  its return value and its exceptions; bad input gets the standard
+  library's own behaviour.
 * Each hop copies the context at most once: a callable that already runs in
   a context (``Context.run``, a ``functools.partial`` over it as
-  ``asyncio.to_thread`` passes, als's own ``map`` binding) is not wrapped
-  again, and als's own threads copy for themselves.
-* The pools' own bookkeeping (``submit`` starting worker threads, the
-  process pool's manager thread and, under fork, its worker processes) runs
-  in a new, empty ``Context``: nothing they start lazily is pinned to the
-  request that happened to start it.
+  ``asyncio.to_thread`` passes, als's ``bind``/``snapshot`` and ``map``
+  binding) is not wrapped again, and als's own threads copy for themselves.
+* Nothing the standard library starts to serve a pool or a queue for its
+  whole life is pinned to the request that happened to start it: the pools'
+  ``submit`` bookkeeping runs in a new, empty ``Context``, and service
+  threads (pool workers, the process pool's manager, ``multiprocessing``
+  pool and queue threads, ``QueueListener``) start with an empty context.
 """
 
 from __future__ import annotations
@@ -32,14 +41,45 @@ from contextlib import contextmanager
 from contextvars import Context, copy_context
 from typing import Any
 
-from ._context import ForkSafeLock
+from ._context import BoundFunction, ForkSafeLock, Snapshot
 from ._executors import RunInCopy
-from ._threads import _INTERPRETER_COPIES, _RunsInStartersContext, start_in
+from ._threads import _INTERPRETER_COPIES, _RunsInStartersContext, run_in
+
+_NATIVE_THREAD_CONTEXT = sys.version_info >= (3, 14)  # Thread(context=...) exists
+_LOW_LEVEL_START = "_start_joinable_thread" if sys.version_info >= (3, 13) else "_start_new_thread"
+
+# Standard-library modules whose threads serve a pool or a queue for their
+# whole life: they start with an empty context, never the request's.
+_SERVICE_MODULES = frozenset(
+    {
+        "concurrent.futures.thread",
+        "concurrent.futures.process",
+        "multiprocessing.pool",
+        "multiprocessing.queues",
+        "multiprocessing.managers",
+        "multiprocessing.resource_sharer",
+        "logging.handlers",
+    }
+)
+_IN_A_CONTEXT = (RunInCopy, BoundFunction, Snapshot)
+
+
+class _Generation:
+    """The on/off switch of the replacements made by one ``patch()``."""
+
+    __slots__ = ("active",)
+
+    def __init__(self) -> None:
+        self.active = True
+
 
 _lock = ForkSafeLock()
 _ABSENT = object()
-# (owner, attribute name) -> what the owner's __dict__ held; None: not patched.
-_saved: dict[tuple[type, str], object] | None = None
+# What patch() replaced: (owner, name) -> (what the owner held, what als put there).
+_saved: dict[tuple[object, str], tuple[object, object]] = {}
+_generation: _Generation | None = None
+_blocks = 0  # open patched() blocks
+_patched_by_blocks = False  # patched by the first patched() block, not by patch()
 
 
 def _runs_in_a_context(fn: object) -> bool:
@@ -47,9 +87,9 @@ def _runs_in_a_context(fn: object) -> bool:
     if type(fn) is functools.partial:
         fn = fn.func
     kind = type(fn)
-    return kind is RunInCopy or (
-        kind is types.BuiltinMethodType and type(getattr(fn, "__self__", None)) is Context
-    )
+    if kind in _IN_A_CONTEXT:
+        return True
+    return kind is types.BuiltinMethodType and type(getattr(fn, "__self__", None)) is Context
 
 
 def _sends_work_elsewhere(executor: Executor) -> bool:
@@ -60,20 +100,55 @@ def _sends_work_elsewhere(executor: Executor) -> bool:
     return interpreters is not None and isinstance(executor, interpreters.InterpreterPoolExecutor)
 
 
-def _thread_start(original: Callable[[threading.Thread], None]) -> Callable[[threading.Thread], None]:
+def _inherits(thread: threading.Thread) -> bool:
+    """Whether a thread about to start should get a copy of its starter's context."""
+    if not getattr(thread, "als_inherit_context", True):
+        return False
+    target = thread.__dict__.get("_target")
+    module = type(thread).__module__ if target is None else getattr(target, "__module__", None)
+    return module not in _SERVICE_MODULES
+
+
+def _low_level_start(original: Callable[..., Any], generation: _Generation) -> Callable[..., Any]:
+    """3.10 to 3.13: wrap the function Thread.start hands ``self._bootstrap`` to."""
+
+    @functools.wraps(original)
+    def start_thread(function: Any, *args: Any, **kwargs: Any) -> Any:
+        thread = getattr(function, "__self__", None)
+        if (
+            not generation.active
+            or not isinstance(thread, threading.Thread)
+            or isinstance(thread, _RunsInStartersContext)  # ContextThread/Timer copy for themselves
+            or not _inherits(thread)
+        ):
+            return original(function, *args, **kwargs)
+        undo = run_in(thread, copy_context())
+        try:
+            return original(function, *args, **kwargs)
+        except BaseException:
+            undo()
+            raise
+
+    return start_thread
+
+
+def _native_thread_start(original: Callable[[threading.Thread], None], generation: _Generation) -> Any:
+    """3.14+: give the thread its native context, unless it has one (Thread(context=...))."""
+
     @functools.wraps(original)
     def start(self: threading.Thread) -> None:
-        if isinstance(self, _RunsInStartersContext) or not getattr(self, "als_inherit_context", True):
-            original(self)
-        else:
-            start_in(self, copy_context(), functools.partial(original, self))
+        if generation.active and self._context is None and not isinstance(self, _RunsInStartersContext):  # type: ignore[attr-defined]
+            self._context = copy_context() if _inherits(self) else Context()  # type: ignore[attr-defined]
+        original(self)
 
     return start
 
 
-def _thread_pool_submit(original: Callable[..., Future[Any]]) -> Callable[..., Future[Any]]:
+def _thread_pool_submit(original: Callable[..., Future[Any]], generation: _Generation) -> Any:
     @functools.wraps(original)
     def submit(self: ThreadPoolExecutor, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future[Any]:
+        if not generation.active:
+            return original(self, fn, *args, **kwargs)
         if _runs_in_a_context(fn) or _sends_work_elsewhere(self):
             # Already in a context, or bound for another interpreter: the work
             # goes as it is; the pool's own threads still start outside it.
@@ -83,25 +158,32 @@ def _thread_pool_submit(original: Callable[..., Future[Any]]) -> Callable[..., F
     return submit
 
 
-def _thread_pool_map(original: Callable[..., Iterator[Any]]) -> Callable[..., Iterator[Any]]:
+def _thread_pool_map(original: Callable[..., Iterator[Any]], generation: _Generation) -> Any:
     @functools.wraps(original)
     def map(  # noqa: A001 - functools.wraps names it map anyway
         self: ThreadPoolExecutor, fn: Callable[..., Any], *iterables: Any, **kwargs: Any
     ) -> Iterator[Any]:
         # Bind every item to map()'s caller now: 3.14's buffersize submits
         # later items from whichever thread consumes the results.
-        if callable(fn) and not _runs_in_a_context(fn) and not _sends_work_elsewhere(self):
+        if (
+            generation.active
+            and callable(fn)
+            and not _runs_in_a_context(fn)
+            and not _sends_work_elsewhere(self)
+        ):
             fn = RunInCopy(copy_context(), fn)
         return original(self, fn, *iterables, **kwargs)
 
     return map
 
 
-def _process_pool_submit(original: Callable[..., Future[Any]]) -> Callable[..., Future[Any]]:
+def _process_pool_submit(original: Callable[..., Future[Any]], generation: _Generation) -> Any:
     @functools.wraps(original)
     def submit(
         self: ProcessPoolExecutor, fn: Callable[..., Any], /, *args: Any, **kwargs: Any
     ) -> Future[Any]:
+        if not generation.active:
+            return original(self, fn, *args, **kwargs)
         # The work itself goes to another process unchanged; only what
         # submit() starts (manager thread, forked workers) is kept empty.
         return Context().run(original, self, fn, *args, **kwargs)
@@ -109,15 +191,70 @@ def _process_pool_submit(original: Callable[..., Future[Any]]) -> Callable[..., 
     return submit
 
 
-def _targets() -> list[tuple[type, str, Callable[[Any], Any]]]:
-    targets: list[tuple[type, str, Callable[[Any], Any]]] = [
+def _targets() -> list[tuple[object, str, Callable[[Any, _Generation], Any]]]:
+    targets: list[tuple[object, str, Callable[[Any, _Generation], Any]]] = [
         (ThreadPoolExecutor, "submit", _thread_pool_submit),
         (ThreadPoolExecutor, "map", _thread_pool_map),
         (ProcessPoolExecutor, "submit", _process_pool_submit),
     ]
-    if not _INTERPRETER_COPIES:  # 3.14+ may copy into new threads itself
-        targets.append((threading.Thread, "start", _thread_start))
+    if _NATIVE_THREAD_CONTEXT:
+        targets.append((threading.Thread, "start", _native_thread_start))
+    elif not _INTERPRETER_COPIES:
+        targets.append((threading, _LOW_LEVEL_START, _low_level_start))
     return targets
+
+
+def _sweep(owner: object, name: str) -> None:
+    """Put back what a switched-off als replacement took, wherever one is in place again.
+
+    That happens when another library wrapped als's replacement and has since
+    unwrapped it, after als's ``unpatch()`` had to leave it buried.
+    """
+    current = vars(owner).get(name, _ABSENT)
+    while (
+        isinstance(getattr(current, "_als_generation", None), _Generation)
+        and not current._als_generation.active
+    ):
+        held = current._als_held
+        if held is _ABSENT:
+            delattr(owner, name)
+        else:
+            setattr(owner, name, held)
+        current = held
+
+
+def _patch() -> None:
+    global _generation  # noqa: PLW0603 - the one piece of process-wide state, under _lock
+    if _generation is not None:
+        return
+    generation = _Generation()
+    for owner, name, make in _targets():
+        _sweep(owner, name)
+        held = vars(owner).get(name, _ABSENT)
+        installed = make(getattr(owner, name), generation)
+        installed._als_generation = generation
+        installed._als_held = held
+        setattr(owner, name, installed)
+        _saved[(owner, name)] = (held, installed)
+    _generation = generation
+
+
+def _unpatch() -> None:
+    global _generation  # noqa: PLW0603
+    if _generation is None:
+        for owner, name, _ in _targets():
+            _sweep(owner, name)
+        return
+    _generation.active = False
+    for (owner, name), (held, installed) in _saved.items():
+        if vars(owner).get(name, _ABSENT) is not installed:
+            continue  # wrapped since by another library: ours is switched off, theirs stays
+        if held is _ABSENT:
+            delattr(owner, name)
+        else:
+            setattr(owner, name, held)
+    _saved.clear()
+    _generation = None
 
 
 def patch() -> None:
@@ -126,18 +263,22 @@ def patch() -> None:
     Afterwards, process-wide, every hop runs in a fresh copy of the context
     current at its hand-off, as als's own wrappers do:
 
-    * ``threading.Thread.start``: every thread, ``Timer`` and subclasses
-      overriding ``run()`` included, runs ``run()`` in a copy of the context
-      of ``start()``'s caller. Not replaced where the interpreter copies
-      into new threads itself (``sys.flags.thread_inherit_context``, 3.14+).
+    * every ``threading.Thread`` started, ``Timer`` and subclasses overriding
+      ``run()`` included, runs ``run()`` in a copy of the context of
+      ``start()``'s caller (an explicit 3.14 ``Thread(context=...)`` is kept);
     * ``ThreadPoolExecutor.submit`` and ``map``, and so
       ``loop.run_in_executor`` on the default executor or on any thread pool.
       ``asyncio.to_thread``, which copies already, is not copied twice.
 
-    Executors and threads created before ``patch()`` propagate too. Pool
-    worker threads, the process pool's manager thread and forked pool workers
-    start with an empty context. Left alone: work sent to another process or
-    interpreter, and done callbacks of standard-library futures.
+    Executors and threads created before ``patch()`` propagate too. Threads
+    that serve a standard-library pool or queue for their whole life (pool
+    workers, the process pool's manager, ``multiprocessing`` pool and queue
+    threads, ``QueueListener``) start with an empty context, as do forked
+    process-pool workers: none is pinned to the request that started it. So
+    what a pool's ``initializer`` sets on a ``ContextVar`` is not seen by its
+    tasks, which run in their submitter's context. Left alone: work sent to
+    another process or interpreter, and done callbacks of standard-library
+    futures.
 
     A thread can opt out (it then starts with an empty context, as without
     the patch): set ``als_inherit_context = False`` on it, or on its class,
@@ -146,53 +287,54 @@ def patch() -> None:
     Idempotent: calling it again while patched does nothing, and one
     ``unpatch()`` undoes it. Safe to call from several threads at once.
     """
-    global _saved  # noqa: PLW0603 - the one piece of process-wide state
+    global _patched_by_blocks  # noqa: PLW0603
     with _lock:
-        if _saved is not None:
-            return
-        saved: dict[tuple[type, str], object] = {}
-        for owner, name, make in _targets():
-            saved[(owner, name)] = owner.__dict__.get(name, _ABSENT)
-            setattr(owner, name, make(getattr(owner, name)))
-        _saved = saved
+        _patch()
+        _patched_by_blocks = False  # patched on purpose: open patched() blocks leave it so
 
 
 def unpatch() -> None:
-    """Put back every object ``patch()`` replaced, exactly; does nothing if not patched.
+    """Undo ``patch()``: put back every object it replaced, exactly; does nothing if not patched.
 
-    Threads already started and tasks already submitted keep the context they
-    were given.
+    Where another library has wrapped a replaced object since, its wrapper is
+    left in place and als's inside it stops propagating; once that library
+    has undone its wrapper, another ``unpatch()`` puts the original back.
+    Threads already started and tasks already submitted keep the context
+    they were given.
     """
-    global _saved  # noqa: PLW0603
+    global _patched_by_blocks  # noqa: PLW0603
     with _lock:
-        if _saved is None:
-            return
-        for (owner, name), original in _saved.items():
-            if original is _ABSENT:
-                delattr(owner, name)
-            else:
-                setattr(owner, name, original)
-        _saved = None
+        _unpatch()
+        _patched_by_blocks = False
 
 
 def is_patched() -> bool:
     """True between ``patch()`` and ``unpatch()``."""
-    return _saved is not None
+    return _generation is not None
 
 
 @contextmanager
 def patched() -> Iterator[None]:
-    """``patch()`` for the duration of a ``with`` block, then restore the state found.
+    """Patch for the duration of a ``with`` block, then restore the state found.
 
-    Nested in an already patched process, it leaves the process patched.
+    In a process already patched by ``patch()``, it leaves it patched. Blocks
+    may overlap across threads: the patch stays until the last open block
+    that applied it ends (an explicit ``unpatch()`` ends it at once).
     """
-    was_patched = is_patched()
-    patch()
+    global _blocks, _patched_by_blocks  # noqa: PLW0603
+    with _lock:
+        if _generation is None:
+            _patch()
+            _patched_by_blocks = True
+        _blocks += 1
     try:
         yield
     finally:
-        if not was_patched:
-            unpatch()
+        with _lock:
+            _blocks -= 1
+            if _blocks == 0 and _patched_by_blocks:
+                _unpatch()
+                _patched_by_blocks = False
 
 
 __all__ = ["is_patched", "patch", "patched", "unpatch"]

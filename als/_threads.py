@@ -19,6 +19,7 @@ from __future__ import annotations
 import numbers
 import sys
 import threading
+import types
 from collections.abc import Callable, Iterable, Mapping
 from contextvars import Context, copy_context
 from typing import Any
@@ -37,31 +38,49 @@ def _check_context(function: str, context: object) -> None:
         )
 
 
-def start_in(thread: threading.Thread, context: Context, start: Callable[[], None]) -> None:
-    """Call ``start()`` (which starts ``thread``) with the thread's ``run()`` running in ``context``.
+_MISSING = object()
 
-    ``run`` becomes an instance attribute, so that Thread's bootstrap calls it
-    in place of ``run()`` whatever class defines ``run()``; it removes itself
-    when ``run()`` ends, so the finished thread keeps no context.
+
+def run_in(thread: threading.Thread, context: Context) -> Callable[[], None]:
+    """Make ``thread.run()`` run in ``context``; return a function that undoes it.
+
+    ``run`` becomes an instance attribute (a method bound to the thread, as
+    other instrumentation expects), so that Thread's bootstrap calls it in
+    place of ``run()`` whatever class defines ``run()``. It undoes itself when
+    ``run()`` ends, so a finished thread keeps no context, and puts back a
+    ``run`` that the instance had of its own.
     """
-    if thread.ident is not None:  # started before: let Thread raise its own error
-        start()
-        return
-    run = thread.run  # the class's run(), possibly a subclass's override
+    previous = thread.__dict__.get("run", _MISSING)
+    run = thread.run  # the class's run(), a subclass's override, or another wrapper
 
-    def run_in_context() -> None:
+    def undo() -> None:
+        if previous is _MISSING:
+            thread.__dict__.pop("run", None)
+        else:
+            thread.__dict__["run"] = previous
+
+    def run_in_context(self: threading.Thread) -> None:
         try:
             context.run(run)
         finally:
             # Thread.run drops target/args for the same reason: a finished
             # thread must not keep the request's store alive.
-            thread.__dict__.pop("run", None)
+            undo()
 
-    thread.__dict__["run"] = run_in_context
+    thread.__dict__["run"] = types.MethodType(run_in_context, thread)
+    return undo
+
+
+def start_in(thread: threading.Thread, context: Context, start: Callable[[], None]) -> None:
+    """Call ``start()`` (which starts ``thread``) with the thread's ``run()`` running in ``context``."""
+    if thread.ident is not None:  # started before: let Thread raise its own error
+        start()
+        return
+    undo = run_in(thread, context)
     try:
         start()
     except BaseException:
-        thread.__dict__.pop("run", None)
+        undo()
         raise
 
 

@@ -24,10 +24,11 @@ are never imported.
 from __future__ import annotations
 
 import logging
-import threading
+import sys
 from collections.abc import Callable, MutableMapping
 from typing import Any, TypeVar
 
+from ._context import ForkSafeLock
 from ._storage import AsyncLocalStorage
 
 T = TypeVar("T")
@@ -58,11 +59,15 @@ def _reader(storage: AsyncLocalStorage[Any], default: object) -> Callable[[], ob
 class ContextFilter(logging.Filter):
     """A ``logging.Filter`` that sets ``record.<field>`` to the current store.
 
-    Add it to a handler (``handler.addFilter(...)``), or to a logger. It runs
-    in the thread that calls the handler or logger: attached to a
+    Add it to a handler (``handler.addFilter(...)``): every record that
+    handler emits gets the field. On a logger it sees only records logged
+    through that very logger, not those of its children (``logging`` runs
+    logger filters before propagation), so prefer handlers, or the record
+    factory. It runs in the thread that calls the handler: on a
     ``QueueListener``'s handlers it would see the listener's thread, not the
-    request (use ``install_record_factory`` there). It never drops a record
-    and never overwrites a field the record already carries.
+    request (use ``install_record_factory`` there, or put the filter on the
+    ``QueueHandler``). It never drops a record and never overwrites a field
+    the record already carries.
 
     Raises:
         TypeError: ``storage`` is not an ``AsyncLocalStorage``.
@@ -85,13 +90,17 @@ class ContextFilter(logging.Filter):
         return True
 
 
+_MAKE_RECORD = logging.Logger.makeRecord.__code__
+
+
 class _RecordDict(dict[str, Any]):
     """A ``LogRecord.__dict__`` in which fields written by a record factory give way to ``extra=``.
 
     ``Logger.makeRecord`` refuses ``extra`` keys already present
-    (``KeyError: Attempt to overwrite``); it checks with ``in``, which this
-    answers False for a field that still holds the value a factory gave it.
-    Everything else, formatting and pickling included, sees a plain dict.
+    (``KeyError: Attempt to overwrite``). Asked by ``makeRecord`` itself,
+    ``in`` answers False for a field that still holds the value a factory
+    gave it; asked by anyone else, it answers as a plain dict does. Pickled,
+    it is a plain dict, so a receiving process needs no als.
     """
 
     __slots__ = ("_from_factory",)
@@ -103,9 +112,15 @@ class _RecordDict(dict[str, Any]):
     def __contains__(self, key: object) -> bool:
         if not dict.__contains__(self, key):
             return False
-        if key in self._from_factory:  # still the factory's value: extra= may replace it
-            return dict.__getitem__(self, key) is not self._from_factory[key]
-        return True
+        # Hidden only while it holds the factory's value, and only from makeRecord's extra= check.
+        return not (
+            key in self._from_factory
+            and dict.__getitem__(self, key) is self._from_factory[key]
+            and sys._getframe(1).f_code is _MAKE_RECORD
+        )
+
+    def __reduce__(self) -> tuple[type, tuple[dict[str, Any]]]:
+        return dict, (dict(self),)
 
 
 class _RecordFactory:
@@ -133,7 +148,7 @@ class _RecordFactory:
         return record
 
 
-_factory_lock = threading.Lock()
+_factory_lock = ForkSafeLock()
 
 
 def install_record_factory(

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextvars
+import sys
 import threading
 from collections.abc import Iterator
 
@@ -9,7 +10,13 @@ import pytest
 
 import als
 
+_THREAD_HOOK: tuple[object, str] = (
+    (threading.Thread, "start")
+    if sys.version_info >= (3, 14)
+    else (threading, "_start_joinable_thread" if sys.version_info >= (3, 13) else "_start_new_thread")
+)
 _ORIGINALS = {
+    "thread start hook": (*_THREAD_HOOK, vars(_THREAD_HOOK[0])[_THREAD_HOOK[1]]),
     "threading.Thread.start": (threading.Thread, "start", threading.Thread.start),
     "threading.Thread.run": (threading.Thread, "run", threading.Thread.run),
     "ThreadPoolExecutor.submit": (
@@ -36,7 +43,7 @@ def _stdlib_untouched() -> Iterator[None]:
     yield
     assert not als.is_patched(), "a test left als.patch() on"
     for label, (owner, name, original) in _ORIGINALS.items():
-        assert owner.__dict__[name] is original, f"{label} was left replaced"
+        assert vars(owner)[name] is original, f"{label} was left replaced"
     assert "map" not in concurrent.futures.ThreadPoolExecutor.__dict__, "ThreadPoolExecutor.map was left"
 
 

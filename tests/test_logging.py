@@ -263,6 +263,23 @@ class TestRecordFactory:
         assert record.request_id == "A"  # type: ignore[attr-defined]
         assert received.request_id == "A"  # type: ignore[attr-defined]
 
+    def test_the_field_is_visible_to_everyone_but_make_record(
+        self, storage: AsyncLocalStorage[object]
+    ) -> None:
+        """Regression (review of #4): code that asks `field in record.__dict__` (structlog's ExtraAdder)
+        sees the field; a record pickled as is arrives with a plain dict."""
+        undo = install_record_factory(storage)
+        try:
+            record = storage.run(
+                "A", logging.getLogger("x").makeRecord, "x", logging.INFO, "f", 1, "m", (), None
+            )
+        finally:
+            undo()
+        assert "request_id" in record.__dict__
+        received = pickle.loads(pickle.dumps(record))
+        assert type(received.__dict__) is dict
+        assert received.request_id == "A"
+
     def test_bad_arguments(self, storage: AsyncLocalStorage[object]) -> None:
         """Bad storage or field: refused before anything is installed."""
         with pytest.raises(TypeError, match="argument 'storage' must be an AsyncLocalStorage, not NoneType"):

@@ -14,6 +14,7 @@ import types
 import weakref
 from collections.abc import Iterator
 from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
+from typing import Any
 
 import pytest
 
@@ -23,8 +24,15 @@ from als import AsyncLocalStorage
 
 from .helpers import TIMEOUT, Recorder, Worker, join_all, stdlib_loses_context, wait
 
+# Where the patch hooks thread starts: the function Thread.start calls (3.10 to 3.13),
+# or Thread.start itself (3.14+, which has native per-thread contexts).
+THREAD_HOOK: tuple[object, str] = (
+    (threading.Thread, "start")
+    if sys.version_info >= (3, 14)
+    else (threading, "_start_joinable_thread" if sys.version_info >= (3, 13) else "_start_new_thread")
+)
 ORIGINALS = {
-    (threading.Thread, "start"): threading.Thread.__dict__["start"],
+    THREAD_HOOK: vars(THREAD_HOOK[0])[THREAD_HOOK[1]],
     (ThreadPoolExecutor, "submit"): ThreadPoolExecutor.__dict__["submit"],
     (ProcessPoolExecutor, "submit"): ProcessPoolExecutor.__dict__["submit"],
 }
@@ -140,6 +148,20 @@ class TestThreads:
         join_all(threads)
         assert recorder.as_dict() == {"class": None, "instance": None}
 
+    def test_a_run_the_instance_had_is_kept(self, storage: AsyncLocalStorage[object]) -> None:
+        """Regression (review of #4): a run() assigned on the instance runs, in context, and stays after."""
+        recorder = Recorder()
+        thread = threading.Thread()
+
+        def work() -> None:
+            recorder("work", storage.get_store())
+
+        thread.run = work  # type: ignore[method-assign]
+        storage.run("A", thread.start)
+        join_all([thread])
+        assert recorder.as_dict() == {"work": "A"}
+        assert thread.__dict__["run"] is work
+
     def test_finished_thread_keeps_no_store(self, storage: AsyncLocalStorage[object]) -> None:
         """A finished thread object keeps nothing of its starter's context."""
         store = Store("A")
@@ -234,15 +256,42 @@ class TestThreadPools:
             assert storage.run("A", outer.submit, task).result(TIMEOUT) == ["A", "A"]
 
     def test_workers_are_not_pinned(self, storage: AsyncLocalStorage[object]) -> None:
-        """A worker started while A submits: later tasks see no store, and A's store is released."""
+        """A worker started while A submits keeps none of A once A's task is done."""
         store = Store("A")
         ref = weakref.ref(store)
-        with ThreadPoolExecutor(max_workers=1, initializer=lambda: task_var.set("init")) as executor:
+        with ThreadPoolExecutor(max_workers=1) as executor:
             storage.run(store, executor.submit, storage.get_store).result(TIMEOUT)
-            assert executor.submit(storage.get_store).result(TIMEOUT) is None
             del store
             gc.collect()
             assert ref() is None  # the idle worker keeps nothing of request A
+
+    def test_map_items_submitted_later_keep_the_callers_context(
+        self, storage: AsyncLocalStorage[object], monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """map() binds its items when called: a 3.14-style lazy map consumed in B still runs them in A."""
+        als.unpatch()
+
+        def lazy_map(self: Executor, fn: Any, *iterables: Any, **_: Any) -> Iterator[Any]:
+            for args in zip(*iterables, strict=True):
+                yield self.submit(fn, *args).result(TIMEOUT)
+
+        monkeypatch.setattr(Executor, "map", lazy_map)
+        als.patch()
+        with ThreadPoolExecutor(max_workers=1) as executor:
+            results = storage.run("A", executor.map, lambda n: (n, storage.get_store()), range(3))
+            assert storage.run("B", list, results) == [(0, "A"), (1, "A"), (2, "A")]
+
+    def test_bind_and_snapshot_are_not_copied_twice(
+        self, storage: AsyncLocalStorage[object], copies: list[None]
+    ) -> None:
+        """Regression (review of #4): a bound function or a snapshot handed to a pool gets no extra copy."""
+        with ThreadPoolExecutor(max_workers=1) as executor:
+            bound = storage.run("A", als.bind, storage.get_store)
+            snap = storage.run("S", als.snapshot)
+            copies.clear()
+            assert storage.run("B", executor.submit, bound).result(TIMEOUT) == "A"
+            assert storage.run("B", executor.submit, snap, storage.get_store).result(TIMEOUT) == "S"
+        assert copies == []
 
     def test_bad_input_keeps_stdlib_behaviour(self) -> None:
         """submit(42) still returns a future that fails as the standard library's would."""
@@ -371,6 +420,127 @@ class TestProcessPool:
             assert ref() is None  # the pool's manager thread holds nothing of the request
 
 
+class TestServiceThreads:
+    """Regression (review of #4): threads that serve a stdlib pool or queue are never pinned to a request."""
+
+    @pytest.mark.usefixtures("patched_process")
+    def test_multiprocessing_thread_pool_created_in_a_request(
+        self, storage: AsyncLocalStorage[object]
+    ) -> None:
+        from multiprocessing.pool import ThreadPool
+
+        store = Store("A")
+        ref = weakref.ref(store)
+        pool = storage.run(store, ThreadPool, 2)
+        try:
+            assert storage.run("B", pool.apply, storage.get_store) is None  # not A: never a wrong id
+            del store
+            gc.collect()
+            assert ref() is None
+        finally:
+            pool.close()
+            pool.join()
+
+    @pytest.mark.usefixtures("patched_process")
+    def test_queue_listener_started_in_a_request(self, storage: AsyncLocalStorage[object]) -> None:
+        import logging
+        import logging.handlers
+        import queue
+
+        seen: list[object] = []
+
+        class Spy(logging.Handler):
+            def emit(self, record: logging.LogRecord) -> None:
+                seen.append(storage.get_store())
+
+        records: queue.Queue[logging.LogRecord] = queue.Queue()
+        listener = logging.handlers.QueueListener(records, Spy())
+        storage.run("A", listener.start)
+        try:
+            storage.run("B", records.put, logging.makeLogRecord({"msg": "x"}))
+        finally:
+            listener.stop()
+        assert seen == [None]
+
+
+class TestPeers:
+    """Regression (review of #4): other instrumentation of the same objects, applied before or after."""
+
+    @pytest.mark.parametrize("order", ["peer first", "als first"])
+    def test_sentry_style_run_wrapper(
+        self, storage: AsyncLocalStorage[object], monkeypatch: pytest.MonkeyPatch, order: str
+    ) -> None:
+        """A peer wrapping Thread.start that re-wraps self.run and calls it with self (as Sentry does)."""
+        original_start = threading.Thread.start
+        recorder = Recorder()
+
+        def peer_start(self: threading.Thread) -> None:
+            # As sentry_sdk's threading integration does: the unbound run, called with the thread.
+            old_run = getattr(self.run, "__func__", self.run)
+
+            def run(*args: Any, **kwargs: Any) -> Any:
+                recorder("peer", True)
+                return old_run(threading.current_thread(), *args, **kwargs)
+
+            self.run = run  # type: ignore[method-assign]
+            original_start(self)
+
+        class Legacy(threading.Thread):
+            def run(self) -> None:
+                recorder("thread", storage.get_store())
+
+        if order == "als first":
+            als.patch()
+        monkeypatch.setattr(threading.Thread, "start", peer_start)
+        try:
+            als.patch()
+            thread = Legacy()
+            storage.run("A", thread.start)
+            join_all([thread])
+        finally:
+            als.unpatch()
+        assert recorder.as_dict() == {"peer": True, "thread": "A"}
+
+    @pytest.mark.parametrize("order", ["opentelemetry first", "als first"])
+    def test_opentelemetry_threading_instrumentor(
+        self, storage: AsyncLocalStorage[object], order: str
+    ) -> None:
+        """Both at once, in either order: Thread, Timer and pool all propagate. Once als is unpatched,
+        nothing of als propagates; once both are undone, the originals are back."""
+        from opentelemetry.instrumentation.threading import ThreadingInstrumentor
+
+        instrumentor = ThreadingInstrumentor()
+        recorder = Recorder()
+
+        def hops(tag: str) -> None:
+            thread = threading.Thread(target=lambda: recorder(f"{tag} thread", storage.get_store()))
+            timer = threading.Timer(0, lambda: recorder(f"{tag} timer", storage.get_store()))
+            with ThreadPoolExecutor(max_workers=1) as pool:
+                storage.run("A", lambda: (thread.start(), timer.start()))
+                recorder(f"{tag} pool", storage.run("A", pool.submit, storage.get_store).result(TIMEOUT))
+            join_all([thread, timer])
+
+        first, second = (instrumentor, als) if order == "opentelemetry first" else (als, instrumentor)
+        try:
+            (instrumentor.instrument if first is instrumentor else als.patch)()
+            (instrumentor.instrument if second is instrumentor else als.patch)()
+            hops("both")
+            als.unpatch()
+            hops("otel only")
+        finally:
+            als.unpatch()
+            instrumentor.uninstrument()
+            als.unpatch()  # once OpenTelemetry is gone, the originals come back
+        hops("neither")
+        seen = recorder.as_dict()
+        assert {k: v for k, v in seen.items() if k.startswith("both")} == {
+            "both thread": "A",
+            "both timer": "A",
+            "both pool": "A",
+        }
+        assert {v for k, v in seen.items() if not k.startswith("both")} == {None}
+
+
 class TestEveryContextVarRidesAlong:
     """Not only als's stores: any ContextVar crosses the patched hops (what OpenTelemetry and structlog
     users ask for), shown with the real libraries."""
@@ -413,11 +583,11 @@ class TestPatchState:
     def test_unpatch_restores_the_originals_by_identity(self) -> None:
         """After unpatch(), every patched attribute is the very object it was before."""
         als.patch()
-        assert threading.Thread.start is not ORIGINALS[(threading.Thread, "start")]
+        assert all(vars(owner)[name] is not original for (owner, name), original in ORIGINALS.items())
         assert "map" in ThreadPoolExecutor.__dict__
         als.unpatch()
         for (owner, name), original in ORIGINALS.items():
-            assert owner.__dict__[name] is original
+            assert vars(owner)[name] is original
         assert "map" not in ThreadPoolExecutor.__dict__
         assert ThreadPoolExecutor.map is Executor.map
 
@@ -425,24 +595,50 @@ class TestPatchState:
         """The replacements carry the originals' names, docstrings and signatures."""
         with als.patched():
             for (owner, name), original in ORIGINALS.items():
-                replacement = owner.__dict__[name]
+                replacement = vars(owner)[name]
                 assert replacement.__name__ == original.__name__
                 assert replacement.__doc__ == original.__doc__
                 assert replacement.__wrapped__ is original
-                assert inspect.signature(replacement) == inspect.signature(original)
+                if not isinstance(original, types.BuiltinFunctionType):  # builtins have none
+                    assert inspect.signature(replacement) == inspect.signature(original)
 
     def test_idempotent(self) -> None:
         """patch() twice then unpatch() once: unpatched. unpatch() when unpatched does nothing."""
         als.unpatch()
         assert not als.is_patched()
         als.patch()
-        first = threading.Thread.start
+        first = vars(THREAD_HOOK[0])[THREAD_HOOK[1]]
         als.patch()
-        assert threading.Thread.start is first
+        assert vars(THREAD_HOOK[0])[THREAD_HOOK[1]] is first
         assert als.is_patched()
         als.unpatch()
         assert not als.is_patched()
-        assert threading.Thread.__dict__["start"] is ORIGINALS[(threading.Thread, "start")]
+        assert vars(THREAD_HOOK[0])[THREAD_HOOK[1]] is ORIGINALS[THREAD_HOOK]
+
+    def test_patched_blocks_overlapping_across_threads(self) -> None:
+        """Regression (review of #4): X enters, Y enters, X leaves: still patched until Y leaves."""
+        x_entered, y_entered, x_left = threading.Event(), threading.Event(), threading.Event()
+        recorder = Recorder()
+
+        def x() -> None:
+            with als.patched():
+                x_entered.set()
+                wait(y_entered)
+            x_left.set()
+
+        def y() -> None:
+            wait(x_entered)
+            with als.patched():
+                y_entered.set()
+                wait(x_left)
+                recorder("y after x left", als.is_patched())
+            recorder("after both", als.is_patched())
+
+        workers = [Worker(x), Worker(y)]
+        for w in workers:
+            w.start()
+        join_all(workers)
+        assert recorder.as_dict() == {"y after x left": True, "after both": False}
 
     def test_patched_restores_the_state_it_found(self) -> None:
         """with patched(): unpatches after if it patched; leaves a patched process patched."""
@@ -457,8 +653,12 @@ class TestPatchState:
         finally:
             als.unpatch()
 
-    def test_concurrent_patch_and_unpatch(self) -> None:
+    def test_concurrent_patch_and_unpatch(self, monkeypatch: pytest.MonkeyPatch) -> None:
         """8 threads patching and unpatching at once leave a consistent state, whichever wins."""
+        monkeypatch.setattr(sys, "getswitchinterval", sys.getswitchinterval)
+        previous = sys.getswitchinterval()
+        sys.setswitchinterval(1e-6)  # switch threads as often as possible, to shake out races
+        monkeypatch.setattr(sys, "setswitchinterval", sys.setswitchinterval)
         barrier = threading.Barrier(8, timeout=TIMEOUT)
 
         def churn(n: int) -> None:
@@ -467,10 +667,13 @@ class TestPatchState:
                 (als.patch if n % 2 else als.unpatch)()
 
         workers = [Worker(churn, n) for n in range(8)]
-        for w in workers:
-            w.start()
-        join_all(workers)
-        installed = {key: owner.__dict__[name] for key in ORIGINALS for owner, name in [key]}
+        try:
+            for w in workers:
+                w.start()
+            join_all(workers)
+        finally:
+            sys.setswitchinterval(previous)
+        installed = {key: vars(owner)[name] for key in ORIGINALS for owner, name in [key]}
         if als.is_patched():
             assert all(installed[key] is not ORIGINALS[key] for key in ORIGINALS)
         else:
@@ -499,8 +702,9 @@ class TestPatchState:
     ) -> None:
         """With 3.14's thread_inherit_context, Thread.start stays (no second copy); the pools are patched."""
         monkeypatch.setattr(als._patch, "_INTERPRETER_COPIES", True)
+        monkeypatch.setattr(als._patch, "_NATIVE_THREAD_CONTEXT", False)
         with als.patched():
-            assert threading.Thread.__dict__["start"] is ORIGINALS[(threading.Thread, "start")]
+            assert vars(THREAD_HOOK[0])[THREAD_HOOK[1]] is ORIGINALS[THREAD_HOOK]
             assert ThreadPoolExecutor.__dict__["submit"] is not ORIGINALS[(ThreadPoolExecutor, "submit")]
         assert ThreadPoolExecutor.__dict__["submit"] is ORIGINALS[(ThreadPoolExecutor, "submit")]
 
