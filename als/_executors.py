@@ -10,11 +10,12 @@ Invariants:
   each item in a fresh copy of that capture, also for items that the
   executor submits later (3.14's ``buffersize``) from whichever thread
   consumes the results.
-* Worker threads start outside any request: ``ContextThreadPoolExecutor``
-  creates them in a new, empty ``Context``, and ``wrap_executor`` runs a
-  wrapped ``ThreadPoolExecutor``'s ``submit`` in one. So a worker started
-  while request A submits is never pinned to A, however threads get their
-  context (``als.patch()``, CPython 3.14's ``thread_inherit_context``).
+* Worker threads start outside any request. Where new threads inherit
+  their starter's context (CPython 3.14's ``thread_inherit_context``),
+  ``ContextThreadPoolExecutor`` creates them in a new, empty ``Context`` and
+  ``wrap_executor`` runs a wrapped ``ThreadPoolExecutor``'s ``submit`` in
+  one; under ``als.patch()`` pool workers start empty as service threads.
+  So a worker started while request A submits is never pinned to A.
 * Futures handed back are ``ContextFuture`` objects: ``add_done_callback``
   runs the callback in a copy of the registrant's context, whichever thread
   completes the future, and drops that copy once it has run. The object is
@@ -30,6 +31,7 @@ from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPool
 from contextvars import Context, copy_context
 from typing import Any, ParamSpec, TypeVar
 
+from . import _threads
 from ._context import ForkSafeLock, not_callable
 
 P = ParamSpec("P")
@@ -198,8 +200,13 @@ class ContextThreadPoolExecutor(ThreadPoolExecutor):
 
     def _adjust_thread_count(self) -> None:
         # ThreadPoolExecutor starts its worker threads here, lazily, inside
-        # submit(): in the submitter's context, which a thread may inherit.
-        Context().run(super()._adjust_thread_count)
+        # submit(): in the submitter's context, which a new thread inherits
+        # where the interpreter copies contexts into threads (3.14's flag).
+        # (Under als.patch() worker threads start empty anyway.)
+        if _threads.interpreter_copies():
+            Context().run(super()._adjust_thread_count)
+        else:
+            super()._adjust_thread_count()
 
 
 class ContextExecutor(Executor):
@@ -232,9 +239,9 @@ class ContextExecutor(Executor):
 
     def _submit(self, *call: Any, **kwargs: Any) -> Future[Any]:
         submit: Callable[..., Future[Any]] = self._executor.submit
-        if self._starts_threads:
-            # A ThreadPoolExecutor starts workers lazily in submit(): keep them
-            # out of the caller's context (its submit has no code of ours).
+        if self._starts_threads and _threads.interpreter_copies():
+            # A ThreadPoolExecutor starts workers lazily in submit(), and here
+            # new threads inherit: keep them out of the caller's context.
             return adopt(Context().run(submit, *call, **kwargs))
         return adopt(submit(*call, **kwargs))
 

@@ -23,10 +23,10 @@ Invariants:
   ``asyncio.to_thread`` passes, als's ``bind``/``snapshot`` and ``map``
   binding) is not wrapped again, and als's own threads copy for themselves.
 * Nothing the standard library starts to serve a pool or a queue for its
-  whole life is pinned to the request that happened to start it: the pools'
-  ``submit`` bookkeeping runs in a new, empty ``Context``, and service
+  whole life is pinned to the request that happened to start it: service
   threads (pool workers, the process pool's manager, ``multiprocessing``
-  pool and queue threads, ``QueueListener``) start with an empty context.
+  pool and queue threads, ``QueueListener``) start with an empty context,
+  and a process pool's ``submit`` (which may fork workers) runs in one.
 """
 
 from __future__ import annotations
@@ -147,13 +147,11 @@ def _native_thread_start(original: Callable[[threading.Thread], None], generatio
 def _thread_pool_submit(original: Callable[..., Future[Any]], generation: _Generation) -> Any:
     @functools.wraps(original)
     def submit(self: ThreadPoolExecutor, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future[Any]:
-        if not generation.active:
+        # Worker threads it starts are service threads: they start empty.
+        if not generation.active or _runs_in_a_context(fn) or _sends_work_elsewhere(self):
+            # Already in a context, or bound for another interpreter: as it is.
             return original(self, fn, *args, **kwargs)
-        if _runs_in_a_context(fn) or _sends_work_elsewhere(self):
-            # Already in a context, or bound for another interpreter: the work
-            # goes as it is; the pool's own threads still start outside it.
-            return Context().run(original, self, fn, *args, **kwargs)
-        return Context().run(original, self, copy_context().run, fn, *args, **kwargs)
+        return original(self, copy_context().run, fn, *args, **kwargs)
 
     return submit
 

@@ -30,6 +30,11 @@ from ._context import not_callable
 _INTERPRETER_COPIES = bool(getattr(sys.flags, "thread_inherit_context", False))
 
 
+def interpreter_copies() -> bool:
+    """Whether new threads start in a copy of their starter's context by themselves."""
+    return _INTERPRETER_COPIES
+
+
 def _check_context(function: str, context: object) -> None:
     if context is not None and not isinstance(context, Context):
         raise TypeError(
@@ -92,7 +97,7 @@ class _RunsInStartersContext(threading.Thread):
     def start(self) -> None:
         context = self._als_context
         if context is None:
-            if _INTERPRETER_COPIES:
+            if interpreter_copies():
                 super().start()
                 return
             context = copy_context()

@@ -59,12 +59,15 @@ def anyio_backend(request: pytest.FixtureRequest) -> str:
 
 @pytest.fixture
 def threads_inherit(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Make every new thread start in a copy of its starter's context.
+    """Make every new thread start in a copy of its starter's context, and tell als so.
 
-    This is what CPython 3.14's ``sys.flags.thread_inherit_context`` does, and
-    what a process-wide patch does: the setting in which a pool's lazily
-    started workers could be pinned to the request that happened to start them.
+    This is what CPython 3.14's ``sys.flags.thread_inherit_context`` does: the
+    setting in which a pool's lazily started workers could be pinned to the
+    request that happened to start them.
     """
+    import als._threads
+
+    monkeypatch.setattr(als._threads, "_INTERPRETER_COPIES", True)
     original_start = threading.Thread.start
 
     def start(self: threading.Thread) -> None:
