@@ -2,13 +2,25 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextvars
+import os
 import sys
 import threading
 from collections.abc import Iterator
 
 import pytest
+from hypothesis import HealthCheck, settings
 
 import als
+
+# Property tests: a few hundred examples in the normal run, thousands in `tox -e soak`.
+# No deadline: a deadline is a timed assertion, and this machine is shared.
+settings.register_profile(
+    "default", max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow]
+)
+settings.register_profile(
+    "soak", max_examples=3000, deadline=None, suppress_health_check=[HealthCheck.too_slow]
+)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
 
 _THREAD_HOOK: tuple[object, str] = (
     (threading.Thread, "start")

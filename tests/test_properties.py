@@ -27,7 +27,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
-from hypothesis import HealthCheck, event, given, settings
+from hypothesis import event, given
 from hypothesis import strategies as st
 
 import als
@@ -342,7 +342,6 @@ def run_tree(tree: Tree, pools: dict[str, list[Any]]) -> int:
     return runner.checked
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(tree=trees())
 def test_every_node_sees_what_its_position_implies(tree: Tree, pools: dict[str, list[Any]]) -> None:
     """Random hop trees, depth 3 and more, over two storages: no node sees a wrong store."""
