@@ -77,7 +77,7 @@ def _thread_hops(storage: AsyncLocalStorage[object]) -> dict[str, Callable[[], N
 
     return {
         "run": lambda: storage.run(Store(), storage.get_store),
-        "bind": lambda: als.bind(storage.get_store)(),
+        "bind": lambda: als.bind(storage.get_store)(),  # noqa: PLW0108 - bind inside the request
         "snapshot": lambda: als.snapshot()(storage.get_store),
         "ContextThread": lambda: start_join(als.ContextThread(target=storage.get_store)),
         "ContextTimer": lambda: start_join(als.ContextTimer(0, storage.get_store)),
