@@ -170,3 +170,18 @@ def test_100k_pooled_tasks_do_not_grow_memory(storage: AsyncLocalStorage[object]
             finally:
                 tracemalloc.stop()
     assert growth < 64 * 1024, f"grew {growth} bytes over 100,000 tasks"
+
+
+@pytest.mark.usefixtures("no_gc")
+def test_disable_keeps_nothing(storage: AsyncLocalStorage[object]) -> None:
+    """After disable(), neither ended requests' stores nor the storage's old variable are kept."""
+    store = Store()
+    ref = weakref.ref(store)
+    old_var = weakref.ref(storage._var)
+    with als.ContextThreadPoolExecutor(max_workers=1) as pool:
+        storage.run(store, pool.submit, storage.get_store).result(TIMEOUT)
+        storage.disable()
+        del store
+        assert ref() is None
+        assert old_var() is None
+        assert storage.run("after", pool.submit, storage.get_store).result(TIMEOUT) == "after"
