@@ -26,6 +26,8 @@ from dataclasses import dataclass, field
 
 import als
 
+TIMEOUT = 30.0  # a hop waiting this long is a deadlock: fail, do not hang
+
 request_id: als.AsyncLocalStorage[str | None] = als.AsyncLocalStorage(name="stress-request")
 tenant: als.AsyncLocalStorage[str | None] = als.AsyncLocalStorage(name="stress-tenant")
 
@@ -74,21 +76,21 @@ def thread_request(n: int, pools: Pools, outcome: Outcome) -> None:
 
     def nested() -> None:
         check("worker before nested pool")
-        pools.nested.submit(check, "nested pool inside a worker").result()
+        pools.nested.submit(check, "nested pool inside a worker").result(TIMEOUT)
 
     def body() -> None:
         check("start")
-        pools.context.submit(check, "ContextThreadPoolExecutor").result()
-        pools.wrapped.submit(check, "wrap_executor").result()
+        pools.context.submit(check, "ContextThreadPoolExecutor").result(TIMEOUT)
+        pools.wrapped.submit(check, "wrap_executor").result(TIMEOUT)
         list(pools.context.map(check, ["ContextThreadPoolExecutor.map"]))
-        pools.context.submit(nested).result()
+        pools.context.submit(nested).result(TIMEOUT)
         if als.is_patched():
-            pools.plain.submit(check, "stdlib pool (patched)").result()
+            pools.plain.submit(check, "stdlib pool (patched)").result(TIMEOUT)
             thread = threading.Thread(target=check, args=("stdlib thread (patched)",))
         else:
             thread = als.ContextThread(target=check, args=("ContextThread",))
         thread.start()
-        thread.join()
+        thread.join(TIMEOUT)
         check("end")
 
     request_id.run(rid, tenant.run, f"tenant-of-{rid}", body)
@@ -141,7 +143,7 @@ def run(requests: int, concurrency: int = 16, switch_interval: float | None = No
         loop_thread.start()
         with ThreadPoolExecutor(max_workers=concurrency // 2, thread_name_prefix="request") as requests_pool:
             list(requests_pool.map(lambda n: thread_request(n, pools, outcome), range(1, requests, 2)))
-        loop_thread.join()
+        loop_thread.join(TIMEOUT * 10)
     finally:
         sys.setswitchinterval(previous)
         pools.shutdown()

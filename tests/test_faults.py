@@ -131,11 +131,24 @@ async def test_scope_closed_from_another_task(storage: AsyncLocalStorage[object]
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
 @pytest.mark.filterwarnings("ignore:This process .* is multi-threaded:DeprecationWarning")
 def test_fork_inside_a_request(storage: AsyncLocalStorage[object]) -> None:
-    """A child forked in a request keeps the store, and can start pools, patch and unpatch."""
+    """A child forked in a request while another thread holds als's locks keeps the store, and can
+    start pools, patch and unpatch: als's locks are re-created in the child."""
+    import signal
+
+    import als._executors
+    import als._patch
+
+    held, release = threading.Event(), threading.Event()
+
+    def hold_locks() -> None:
+        with als._patch._lock, als._executors._future_classes_lock:
+            held.set()
+            wait(release)
 
     def request() -> int:
         pid = os.fork()
         if pid == 0:  # pragma: no cover - runs in the child
+            signal.alarm(10)  # a lock inherited held would hang the child: fail it instead
             code = 1
             try:
                 assert storage.get_store() == "A"
@@ -152,7 +165,14 @@ def test_fork_inside_a_request(storage: AsyncLocalStorage[object]) -> None:
         _, status = os.waitpid(pid, 0)
         return os.waitstatus_to_exitcode(status)
 
-    assert storage.run("A", request) == 0
+    holder = Worker(hold_locks)
+    holder.start()
+    wait(held)
+    try:
+        assert storage.run("A", request) == 0
+    finally:
+        release.set()
+        join_all([holder])
 
 
 def test_patch_and_unpatch_racing_with_running_threads(storage: AsyncLocalStorage[object]) -> None:
@@ -202,20 +222,24 @@ def test_patch_and_unpatch_racing_with_running_threads(storage: AsyncLocalStorag
 
 
 def test_interpreter_shutdown_with_patched_threads_alive() -> None:
-    """A process that exits with patched daemon and non-daemon threads running exits cleanly."""
+    """A process exits cleanly with a patched daemon thread still running and a patched thread to join."""
     program = textwrap.dedent(
         """
-        import threading, als
+        import sys, threading, als
         storage = als.AsyncLocalStorage()
         als.patch()
-        release = threading.Event()
-        def worker(tag):
+        release, daemon_running = threading.Event(), threading.Event()
+        def daemon():
+            daemon_running.set()
+            threading.Event().wait()  # still running when the interpreter shuts down
+        def joined():
             release.wait(5)
-            print(tag, storage.get_store(), flush=True)
+            sys.stdout.write("joined " + str(storage.get_store()) + "\\n")  # one write
         def request():
-            threading.Thread(target=worker, args=("daemon",), daemon=True).start()
-            threading.Thread(target=worker, args=("joined",)).start()
+            threading.Thread(target=daemon, daemon=True).start()
+            threading.Thread(target=joined).start()
         storage.run("A", request)
+        daemon_running.wait(5)
         threading.Timer(0, release.set).start()
         """
     )
@@ -223,7 +247,7 @@ def test_interpreter_shutdown_with_patched_threads_alive() -> None:
         [sys.executable, "-c", program], capture_output=True, text=True, timeout=60, check=False
     )
     assert result.returncode == 0, result.stderr
-    assert "joined A" in result.stdout
+    assert result.stdout.splitlines() == ["joined A"]
     assert "Traceback" not in result.stderr
 
 
