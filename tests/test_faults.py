@@ -266,3 +266,21 @@ def test_cancelled_pending_tasks_on_shutdown(storage: AsyncLocalStorage[object])
     pool.shutdown(wait=True)
     assert all(f.cancelled() for f in queued)
     assert ran == []
+
+
+@pytest.mark.parametrize("patch_on", [False, True], ids=["wrap_executor", "patched stdlib pool"])
+def test_failing_callback_fired_by_the_worker(
+    storage: AsyncLocalStorage[object], patch_on: bool, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A callback that raises when the worker completes the future is logged, as without als, and the
+    pool keeps serving with the right stores."""
+    error = LookupError("in callback")
+    release = threading.Event()
+    with als.patched() if patch_on else contextlib.nullcontext(), ThreadPoolExecutor(1) as plain:
+        pool = plain if patch_on else als.wrap_executor(plain)
+        future = storage.run("A", pool.submit, wait, release)
+        storage.run("B", future.add_done_callback, raiser(error))
+        release.set()
+        future.result(TIMEOUT)
+        assert storage.run("C", pool.submit, storage.get_store).result(TIMEOUT) == "C"
+    assert [r.exc_info[1] for r in caplog.records if r.exc_info] == [error]

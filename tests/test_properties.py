@@ -126,7 +126,17 @@ def trees(draw: st.DrawFn) -> Tree:
     effect = draw(st.none() | st.tuples(st.just("run"), st.integers(0, 1), st.sampled_from("abcdef")))
     root = Node("asyncio.run (root)" if root_async else "root", effect)
     root.children = draw(st.lists(nodes(parent_async=root_async), min_size=1, max_size=3))
+    _number_the_stores(root, iter(range(1, 1000)))
     return Tree(patched, root)
+
+
+def _number_the_stores(node: Node, numbers: Iterator[int]) -> None:
+    """Make every store value unique ('a' -> 'a3'), so a leak between equal letters cannot hide."""
+    if node.effect is not None:
+        op, index, value = node.effect
+        node.effect = (op, index, f"{value}{next(numbers)}")
+    for child in node.children:
+        _number_the_stores(child, numbers)
 
 
 class Runner:
@@ -193,7 +203,12 @@ class Runner:
         if node.hop == "ContextThreadPoolExecutor.submit":
             pools["context"][depth].submit(run, node, entry, depth).result(TIMEOUT)
         elif node.hop == "ContextThreadPoolExecutor.map":
-            list(pools["context"][depth].map(run, [node], [entry], [depth], timeout=TIMEOUT))
+            # Two items: each must see only map()'s caller, never what the other set.
+            list(
+                pools["context"][depth].map(
+                    run, [node, node], [entry, entry], [depth, depth], timeout=TIMEOUT
+                )
+            )
         elif node.hop == "wrap_executor.submit":
             pools["wrapped"][depth].submit(run, node, entry, depth).result(TIMEOUT)
         elif node.hop == "stdlib ThreadPoolExecutor.submit":
@@ -201,11 +216,18 @@ class Runner:
                 pool.submit(run, node, entry, depth).result(TIMEOUT)
         elif node.hop == "stdlib ThreadPoolExecutor.map":
             with self.stdlib_pool(depth) as pool:
-                list(pool.map(run, [node], [entry], [depth], timeout=TIMEOUT))
+                # Unpatched, a second item would see what the first set in the worker's own
+                # context (the standard library's leak): only patched maps get two items.
+                items = 2 if self.patched else 1
+                list(pool.map(run, [node] * items, [entry] * items, [depth] * items, timeout=TIMEOUT))
         elif node.hop == "bind":
-            als.bind(run)(node, entry, depth)
+            bound = als.bind(run)
+            bound(node, entry, depth)
+            bound(node, entry, depth)  # a second call must not see what the first set
         elif node.hop == "snapshot":
-            als.snapshot()(run, node, entry, depth)
+            snap = als.snapshot()
+            snap(run, node, entry, depth)
+            snap(run, node, entry, depth)
         else:
             self.thread(node, entry, depth)
         return view
@@ -298,9 +320,13 @@ class Runner:
         if node.hop == "create_task":
             await asyncio.create_task(self.async_body(node, entry, depth))
         elif node.hop == "bind async":
-            await als.bind(self.async_body)(node, entry, depth)
+            bound = als.bind(self.async_body)
+            await bound(node, entry, depth)
+            await bound(node, entry, depth)  # a second call must not see what the first set
         elif node.hop == "snapshot async":
-            await als.snapshot()(self.async_body, node, entry, depth)
+            snap = als.snapshot()
+            await snap(self.async_body, node, entry, depth)
+            await snap(self.async_body, node, entry, depth)
         elif node.hop == "als.run_in_executor":
             await als.run_in_executor(self.pools["plain"][depth], self.body, node, entry, depth)
         elif self.patched:
