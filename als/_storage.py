@@ -21,7 +21,7 @@ from contextvars import ContextVar, Token, copy_context
 from types import TracebackType
 from typing import Any, Generic, ParamSpec, TypeVar, overload
 
-from ._context import ForkSafeLock, Snapshot, bind, in_context, not_callable, snapshot
+from ._context import ForkSafeLock, bind, in_context, not_callable, snapshot
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -213,4 +213,4 @@ class Scope(Generic[T]):
             pass
 
 
-__all__ = ["AsyncLocalStorage", "Scope", "Snapshot"]
+__all__ = ["AsyncLocalStorage", "Scope"]

@@ -308,6 +308,12 @@ class TestRunCoroutineTrio:
         assert trio.run(storage.run, "A", main) == "A"
 
 
+@types.coroutine
+def suspend() -> Generator[None, Any, Any]:
+    """Suspend once, with no event loop: the test drives the coroutine by hand."""
+    yield
+
+
 class TestCoroutineProtocol:
     """ContextCoroutine driven by hand: send, throw, close, with no event loop at all."""
 
@@ -332,10 +338,6 @@ class TestCoroutineProtocol:
     def test_throw_reaches_the_body(self, storage: AsyncLocalStorage[object]) -> None:
         """throw() raises inside the body, in the store's context; the body may handle it."""
 
-        @types.coroutine
-        def suspend() -> Generator[None, Any, Any]:
-            yield
-
         async def body() -> object:
             try:
                 await suspend()
@@ -349,13 +351,10 @@ class TestCoroutineProtocol:
             coro.throw(ValueError("thrown"))
         assert info.value.value == ("handled", "A")
 
-    def test_close_runs_cleanup_in_context(self, storage: AsyncLocalStorage[object]) -> None:
-        """close() raises GeneratorExit in the body, whose finally block sees the store."""
+    @pytest.mark.parametrize("end", ["close()", "garbage collection"])
+    def test_cleanup_runs_in_context(self, storage: AsyncLocalStorage[object], end: str) -> None:
+        """Closed, or dropped while suspended (review #9), the body's finally block still sees the store."""
         recorder = Recorder()
-
-        @types.coroutine
-        def suspend() -> Generator[None, Any, Any]:
-            yield
 
         async def body() -> None:
             try:
@@ -365,7 +364,11 @@ class TestCoroutineProtocol:
 
         coro = storage.run("A", body)
         coro.send(None)
-        coro.close()
+        if end == "close()":
+            coro.close()
+        else:
+            del coro
+            gc.collect()
         assert recorder.as_dict() == {"finally": "A"}
 
     def test_other_awaitables_returned_unchanged(self, storage: AsyncLocalStorage[object]) -> None:
@@ -406,26 +409,6 @@ class TestCoroutineProtocol:
             return body()
 
         assert asyncio.run(storage.run("A", plain)) == "A"
-
-    def test_collected_mid_flight_cleans_up_in_context(self, storage: AsyncLocalStorage[object]) -> None:
-        """Regression (review #9): dropped while suspended, the body's finally still sees the store."""
-        recorder = Recorder()
-
-        @types.coroutine
-        def suspend() -> Generator[None, Any, Any]:
-            yield
-
-        async def body() -> None:
-            try:
-                await suspend()
-            finally:
-                recorder("finally", storage.get_store())
-
-        coro = storage.run("A", body)
-        coro.send(None)
-        del coro
-        gc.collect()
-        assert recorder.as_dict() == {"finally": "A"}
 
     def test_yield_from_and_weakref(self, storage: AsyncLocalStorage[object]) -> None:
         """Regression (review #9): usable in yield from (generator-based coroutines) and weakly referenced."""
