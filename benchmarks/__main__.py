@@ -32,7 +32,7 @@ def main(argv: list[str] | None = None) -> int:
         f"Python {platform.python_version()} on {platform.machine()}, pinned to CPU {cpu}; "
         f"{repetitions} interleaved repetitions per group{' (quick)' if args.quick else ''}\n"
     )
-    print(f"{'operation':<44} {'variant':<15} {'per op':>10} {'ratio':>7} {'IQR':>13} {'target':>7}")
+    print(f"{'operation':<44} {'variant':<26} {'per op':>10} {'ratio':>7} {'IQR':>13} {'target':>7}")
 
     results: list[Result] = []
     groups = [group for name in (args.only or GROUPS) for group in GROUPS[name]()]
@@ -44,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
             verdict = "" if result.met is None else ("  ok" if result.met else "  MISSED")
             per_op = sorted(result.per_op_ns)[len(result.per_op_ns) // 2] / 1000
             print(
-                f"{group.name:<44} {result.variant:<15} {per_op:>8.2f}us {result.ratio:>6.3f}x"
+                f"{group.name:<44} {result.variant:<26} {per_op:>8.2f}us {result.ratio:>6.3f}x"
                 f" {result.quartiles[0]:>6.3f}-{result.quartiles[1]:<6.3f} {target:>7}{verdict}"
             )
 

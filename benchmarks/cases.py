@@ -157,8 +157,260 @@ def patched_hops() -> list[Group]:
     ]
 
 
+def operations() -> list[Group]:
+    """get_store, run, scope and bind against the bare contextvars code a user would write instead."""
+    raw: contextvars.ContextVar[str | None] = contextvars.ContextVar("raw", default=None)
+    get_store, raw_get = storage.get_store, raw.get
+
+    def loop_raw_get(number: int) -> None:
+        for _ in range(number):
+            raw_get()
+
+    def loop_get_store(number: int) -> None:
+        for _ in range(number):
+            get_store()
+
+    def noop_fn() -> None:
+        pass
+
+    def hand_run(store: object, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
+        # What run() does, written out: copy, set the variable in the copy, run fn in it.
+        context = contextvars.copy_context()
+        context.run(raw.set, store)
+        return context.run(fn, *args, **kwargs)
+
+    def loop_hand_run(number: int) -> None:
+        for _ in range(number):
+            hand_run("x", noop_fn)
+
+    def loop_run(number: int) -> None:
+        run = storage.run
+        for _ in range(number):
+            run("x", noop_fn)
+
+    def loop_token(number: int) -> None:
+        for _ in range(number):
+            token = raw.set("x")
+            raw.reset(token)
+
+    def loop_scope(number: int) -> None:
+        scope = storage.scope
+        for _ in range(number):
+            with scope("x"):
+                pass
+
+    def loop_hand_bound(number: int) -> None:
+        captured = contextvars.copy_context()
+        for _ in range(number):
+            captured.copy().run(noop_fn)
+
+    def loop_bound(number: int) -> None:
+        bound = als.bind(noop_fn)
+        for _ in range(number):
+            bound()
+
+    return [
+        Group(
+            "get_store() outside any run",
+            "call",
+            1_000_000,
+            [Variant("ContextVar.get()", loop_raw_get), Variant("get_store()", loop_get_store)],
+            targets={"get_store()": 3.0},
+        ),
+        Group(
+            "get_store() inside a run",
+            "call",
+            1_000_000,
+            [
+                Variant("ContextVar.get()", _in_request(loop_raw_get)),
+                Variant("get_store()", _in_request(loop_get_store)),
+            ],
+            in_request,
+            {"get_store()": 3.0},
+        ),
+        Group(
+            "run(store, fn)",
+            "call",
+            200_000,
+            [Variant("copy+set+run by hand", loop_hand_run), Variant("run()", loop_run)],
+            targets={"run()": 1.3},
+        ),
+        Group(
+            "scope() enter+exit",
+            "block",
+            200_000,
+            [Variant("ContextVar set/reset", loop_token), Variant("with scope()", loop_scope)],
+        ),
+        Group(
+            "bound function call",
+            "call",
+            200_000,
+            [Variant("captured.copy().run", loop_hand_bound), Variant("bind(fn)()", loop_bound)],
+        ),
+    ]
+
+
+def als_hops() -> list[Group]:
+    """als's executors, threads, timers and run_in_executor against the bare standard library."""
+    pool = ThreadPoolExecutor(max_workers=4)
+    context_pool = als.ContextThreadPoolExecutor(max_workers=4)
+    wrapped = als.wrap_executor(ThreadPoolExecutor(max_workers=4))
+
+    @contextlib.contextmanager
+    def with_pools() -> Iterator[None]:
+        with in_request():
+            for executor in (pool, context_pool, wrapped):
+                wait([executor.submit(noop) for _ in range(8)])
+            yield
+
+    def round_trip(executor: Any) -> Callable[[int], None]:
+        def run(number: int) -> None:
+            submit = executor.submit
+            for _ in range(number):
+                submit(noop).result()
+
+        return _in_request(run)
+
+    def batch(executor: Any) -> Callable[[int], None]:
+        def run(number: int) -> None:
+            submit = executor.submit
+            for _ in range(number):
+                wait([submit(noop) for _ in range(1000)])
+
+        return _in_request(run)
+
+    def mapped(executor: Any) -> Callable[[int], None]:
+        def run(number: int) -> None:
+            for _ in range(number):
+                for _ in executor.map(_identity, range(1000)):
+                    pass
+
+        return _in_request(run)
+
+    def start_join(make: Callable[[], threading.Thread]) -> Callable[[int], None]:
+        def run(number: int) -> None:
+            for _ in range(number):
+                thread = make()
+                thread.start()
+                thread.join()
+
+        return _in_request(run)
+
+    loop = asyncio.new_event_loop()
+
+    @contextlib.contextmanager
+    def with_loop() -> Iterator[None]:
+        with in_request():
+            loop.run_until_complete(_warm_default_executor(loop))
+            yield
+
+    def awaiting(make: Callable[[], Any]) -> Callable[[int], None]:
+        def run(number: int) -> None:
+            async def many() -> None:
+                for _ in range(number):
+                    await make()
+
+            loop.run_until_complete(many())
+
+        return _in_request(run)
+
+    async def hundred_awaits() -> None:
+        for _ in range(100):
+            await asyncio.sleep(0)
+
+    return [
+        Group(
+            "submit+result round trip",
+            "round trip",
+            20_000,
+            [
+                Variant("ThreadPoolExecutor", round_trip(pool)),
+                Variant("ContextThreadPoolExecutor", round_trip(context_pool)),
+                Variant("wrap_executor", round_trip(wrapped)),
+            ],
+            with_pools,
+            {"ContextThreadPoolExecutor": 1.03, "wrap_executor": 1.03},
+        ),
+        Group(
+            "1k-task batch",
+            "batch of 1000",
+            20,
+            [
+                Variant("ThreadPoolExecutor", batch(pool)),
+                Variant("ContextThreadPoolExecutor", batch(context_pool)),
+                Variant("wrap_executor", batch(wrapped)),
+            ],
+            with_pools,
+            {"ContextThreadPoolExecutor": 1.09, "wrap_executor": 1.09},
+        ),
+        Group(
+            "map over 1000 items",
+            "map of 1000",
+            20,
+            [
+                Variant("ThreadPoolExecutor", mapped(pool)),
+                Variant("ContextThreadPoolExecutor", mapped(context_pool)),
+            ],
+            with_pools,
+            {"ContextThreadPoolExecutor": 1.10},
+        ),
+        Group(
+            "Thread start+join",
+            "thread",
+            2_000,
+            [
+                Variant("threading.Thread", start_join(lambda: threading.Thread(target=noop))),
+                Variant("ContextThread", start_join(lambda: als.ContextThread(target=noop))),
+            ],
+            in_request,
+            {"ContextThread": 1.02},
+        ),
+        Group(
+            "Timer start+join",
+            "timer",
+            2_000,
+            [
+                Variant("threading.Timer", start_join(lambda: threading.Timer(0, noop))),
+                Variant("ContextTimer", start_join(lambda: als.ContextTimer(0, noop))),
+            ],
+            in_request,
+            {"ContextTimer": 1.02},
+        ),
+        Group(
+            "run_in_executor",
+            "await",
+            10_000,
+            [
+                Variant("loop.run_in_executor", awaiting(lambda: loop.run_in_executor(None, noop))),
+                Variant("als.run_in_executor", awaiting(lambda: als.run_in_executor(None, noop))),
+                Variant("asyncio.to_thread", awaiting(lambda: asyncio.to_thread(noop))),
+            ],
+            with_loop,
+            {"als.run_in_executor": 1.02},
+        ),
+        Group(
+            "coroutine with 100 awaits",
+            "coroutine",
+            500,
+            [
+                Variant("bare coroutine", awaiting(hundred_awaits)),
+                Variant("run(store, coroutine)", awaiting(lambda: storage.run("x", hundred_awaits))),
+            ],
+            with_loop,
+            {"run(store, coroutine)": 1.3},
+        ),
+    ]
+
+
+def _identity(n: int) -> int:
+    return n
+
+
 async def _warm_default_executor(loop: asyncio.AbstractEventLoop) -> None:
     await asyncio.gather(*(loop.run_in_executor(None, noop) for _ in range(16)))
 
 
-GROUPS: dict[str, Callable[[], list[Group]]] = {"patch": patched_hops}
+GROUPS: dict[str, Callable[[], list[Group]]] = {
+    "core": lambda: operations() + als_hops(),
+    "patch": patched_hops,
+}
