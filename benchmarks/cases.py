@@ -72,6 +72,78 @@ def opentelemetry_instrumented() -> Callable[[], contextlib.AbstractContextManag
     return active
 
 
+def round_trip(executor: Any) -> Callable[[int], None]:
+    """submit(noop).result(), n times, in the request."""
+
+    def run(number: int) -> None:
+        submit = executor.submit
+        for _ in range(number):
+            submit(noop).result()
+
+    return _in_request(run)
+
+
+def batch(executor: Any) -> Callable[[int], None]:
+    """n batches of 1000 submits, each waited for, in the request."""
+
+    def run(number: int) -> None:
+        submit = executor.submit
+        for _ in range(number):
+            wait([submit(noop) for _ in range(1000)])
+
+    return _in_request(run)
+
+
+def start_join(make: Callable[[], threading.Thread]) -> Callable[[int], None]:
+    """Start and join n threads made by ``make``, in the request."""
+
+    def run(number: int) -> None:
+        for _ in range(number):
+            thread = make()
+            thread.start()
+            thread.join()
+
+    return _in_request(run)
+
+
+def awaiting(loop: asyncio.AbstractEventLoop, make: Callable[[], Any]) -> Callable[[int], None]:
+    """Await ``make()`` n times on ``loop``, in the request."""
+
+    def run(number: int) -> None:
+        async def many() -> None:
+            for _ in range(number):
+                await make()
+
+        loop.run_until_complete(many())
+
+    return _in_request(run)
+
+
+def warmed(*executors: Any) -> Callable[[], contextlib.AbstractContextManager[None]]:
+    """Group setup: in a request, with every worker of ``executors`` already started."""
+
+    @contextlib.contextmanager
+    def setup() -> Iterator[None]:
+        with in_request():
+            for executor in executors:
+                wait([executor.submit(noop) for _ in range(8)])
+            yield
+
+    return setup
+
+
+def warmed_loop(loop: asyncio.AbstractEventLoop) -> Callable[[], contextlib.AbstractContextManager[None]]:
+    """Group setup: in a request, with ``loop``'s default executor already started."""
+
+    @contextlib.contextmanager
+    def setup() -> Iterator[None]:
+        with in_request():
+            loop.run_until_complete(_warm_default_executor(loop))
+            yield
+
+    return setup
+
+
 def _patch_variants(run: Callable[[int], None]) -> list[Variant]:
     variants = [Variant("unpatched", run), Variant("als.patch()", run, als_patched)]
     otel = opentelemetry_instrumented()
@@ -83,50 +155,15 @@ def _patch_variants(run: Callable[[int], None]) -> list[Variant]:
 def patched_hops() -> list[Group]:
     """The standard library's own hops: unpatched, under als.patch(), under OpenTelemetry."""
     pool = ThreadPoolExecutor(max_workers=4)
-
-    @contextlib.contextmanager
-    def with_pool() -> Iterator[None]:
-        with in_request():
-            wait([pool.submit(noop) for _ in range(8)])  # all workers started
-            yield
-
-    def round_trip(number: int) -> None:
-        submit = pool.submit
-        for _ in range(number):
-            submit(noop).result()
-
-    def batch(number: int) -> None:
-        submit = pool.submit
-        for _ in range(number):
-            wait([submit(noop) for _ in range(1000)])
-
-    def thread_start_join(number: int) -> None:
-        for _ in range(number):
-            thread = threading.Thread(target=noop)
-            thread.start()
-            thread.join()
-
     loop = asyncio.new_event_loop()
-
-    @contextlib.contextmanager
-    def with_loop() -> Iterator[None]:
-        with in_request():
-            loop.run_until_complete(_warm_default_executor(loop))
-            yield
-
-    def run_in_executor(number: int) -> None:
-        async def many() -> None:
-            for _ in range(number):
-                await loop.run_in_executor(None, noop)
-
-        loop.run_until_complete(many())
+    with_pool = warmed(pool)
 
     return [
         Group(
             "patched ThreadPoolExecutor submit+result",
             "round trip",
             20_000,
-            _patch_variants(_in_request(round_trip)),
+            _patch_variants(round_trip(pool)),
             with_pool,
             {"als.patch()": 1.04},
         ),
@@ -134,7 +171,7 @@ def patched_hops() -> list[Group]:
             "patched ThreadPoolExecutor 1k-task batch",
             "batch of 1000",
             20,
-            _patch_variants(_in_request(batch)),
+            _patch_variants(batch(pool)),
             with_pool,
             {"als.patch()": 1.10},
         ),
@@ -142,7 +179,7 @@ def patched_hops() -> list[Group]:
             "patched Thread start+join",
             "thread",
             2_000,
-            _patch_variants(_in_request(thread_start_join)),
+            _patch_variants(start_join(lambda: threading.Thread(target=noop))),
             in_request,
             {"als.patch()": 1.05},
         ),
@@ -150,8 +187,8 @@ def patched_hops() -> list[Group]:
             "patched loop.run_in_executor",
             "await",
             10_000,
-            _patch_variants(_in_request(run_in_executor)),
-            with_loop,
+            _patch_variants(awaiting(loop, lambda: loop.run_in_executor(None, noop))),
+            warmed_loop(loop),
             {"als.patch()": 1.02},
         ),
     ]
@@ -256,61 +293,15 @@ def als_hops() -> list[Group]:
     context_pool = als.ContextThreadPoolExecutor(max_workers=4)
     wrapped = als.wrap_executor(ThreadPoolExecutor(max_workers=4))
 
-    @contextlib.contextmanager
-    def with_pools() -> Iterator[None]:
-        with in_request():
-            for executor in (pool, context_pool, wrapped):
-                wait([executor.submit(noop) for _ in range(8)])
-            yield
-
-    def round_trip(executor: Any) -> Callable[[int], None]:
-        def run(number: int) -> None:
-            submit = executor.submit
-            for _ in range(number):
-                submit(noop).result()
-
-        return _in_request(run)
-
-    def batch(executor: Any) -> Callable[[int], None]:
-        def run(number: int) -> None:
-            submit = executor.submit
-            for _ in range(number):
-                wait([submit(noop) for _ in range(1000)])
-
-        return _in_request(run)
+    with_pools = warmed(pool, context_pool, wrapped)
+    loop = asyncio.new_event_loop()
+    with_loop = warmed_loop(loop)
 
     def mapped(executor: Any) -> Callable[[int], None]:
         def run(number: int) -> None:
             for _ in range(number):
                 for _ in executor.map(_identity, range(1000)):
                     pass
-
-        return _in_request(run)
-
-    def start_join(make: Callable[[], threading.Thread]) -> Callable[[int], None]:
-        def run(number: int) -> None:
-            for _ in range(number):
-                thread = make()
-                thread.start()
-                thread.join()
-
-        return _in_request(run)
-
-    loop = asyncio.new_event_loop()
-
-    @contextlib.contextmanager
-    def with_loop() -> Iterator[None]:
-        with in_request():
-            loop.run_until_complete(_warm_default_executor(loop))
-            yield
-
-    def awaiting(make: Callable[[], Any]) -> Callable[[int], None]:
-        def run(number: int) -> None:
-            async def many() -> None:
-                for _ in range(number):
-                    await make()
-
-            loop.run_until_complete(many())
 
         return _in_request(run)
 
@@ -381,9 +372,9 @@ def als_hops() -> list[Group]:
             "await",
             10_000,
             [
-                Variant("loop.run_in_executor", awaiting(lambda: loop.run_in_executor(None, noop))),
-                Variant("als.run_in_executor", awaiting(lambda: als.run_in_executor(None, noop))),
-                Variant("asyncio.to_thread", awaiting(lambda: asyncio.to_thread(noop))),
+                Variant("loop.run_in_executor", awaiting(loop, lambda: loop.run_in_executor(None, noop))),
+                Variant("als.run_in_executor", awaiting(loop, lambda: als.run_in_executor(None, noop))),
+                Variant("asyncio.to_thread", awaiting(loop, lambda: asyncio.to_thread(noop))),
             ],
             with_loop,
             {"als.run_in_executor": 1.02},
@@ -393,8 +384,8 @@ def als_hops() -> list[Group]:
             "coroutine",
             500,
             [
-                Variant("bare coroutine", awaiting(hundred_awaits)),
-                Variant("run(store, coroutine)", awaiting(lambda: storage.run("x", hundred_awaits))),
+                Variant("bare coroutine", awaiting(loop, hundred_awaits)),
+                Variant("run(store, coroutine)", awaiting(loop, lambda: storage.run("x", hundred_awaits))),
             ],
             with_loop,
             {"run(store, coroutine)": 1.3},
