@@ -75,8 +75,9 @@ class _Generation:
 
 _lock = ForkSafeLock()
 _ABSENT = object()
-# What patch() replaced: (owner, name) -> (what the owner held, what als put there).
-_saved: dict[tuple[object, str], tuple[object, object]] = {}
+# What the current patch() put in place: (owner, name, replacement); each
+# replacement carries what it replaced as ``_als_held``.
+_installed: list[tuple[object, str, Any]] = []
 _generation: _Generation | None = None
 _blocks = 0  # open patched() blocks
 _patched_by_blocks = False  # patched by the first patched() block, not by patch()
@@ -233,7 +234,7 @@ def _patch() -> None:
         installed._als_generation = generation
         installed._als_held = held
         setattr(owner, name, installed)
-        _saved[(owner, name)] = (held, installed)
+        _installed.append((owner, name, installed))
     _generation = generation
 
 
@@ -244,14 +245,11 @@ def _unpatch() -> None:
             _sweep(owner, name)
         return
     _generation.active = False
-    for (owner, name), (held, installed) in _saved.items():
-        if vars(owner).get(name, _ABSENT) is not installed:
-            continue  # wrapped since by another library: ours is switched off, theirs stays
-        if held is _ABSENT:
-            delattr(owner, name)
-        else:
-            setattr(owner, name, held)
-    _saved.clear()
+    for owner, name, installed in _installed:
+        if vars(owner).get(name, _ABSENT) is installed:
+            _sweep(owner, name)  # the generation is off: puts back what it replaced
+        # else: wrapped since by another library; ours is switched off inside it
+    _installed.clear()
     _generation = None
 
 
