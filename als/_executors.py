@@ -16,11 +16,14 @@ Invariants:
   ``wrap_executor`` runs a wrapped ``ThreadPoolExecutor``'s ``submit`` in
   one; under ``als.patch()`` pool workers start empty as service threads.
   So a worker started while request A submits is never pinned to A.
-* Futures handed back are ``ContextFuture`` objects: ``add_done_callback``
-  runs the callback in a copy of the registrant's context, whichever thread
-  completes the future, and drops that copy once it has run. The object is
-  the executor's own future, re-classed, so ``wait``/``as_completed``/
-  ``cancel``/``shutdown(cancel_futures=True)`` see one future, not a proxy.
+* Futures handed back are the executor's own futures, not proxies, so
+  ``wait``/``as_completed``/``cancel``/``shutdown(cancel_futures=True)`` see
+  one future. ``adopt`` gives each one a list of pending callbacks that binds
+  every callback to a copy of its registrant's context, so a done callback
+  runs in that copy whichever thread completes the future; the copy is
+  dropped once it has run. (Re-classing the future would do the same, but
+  costs a materialized instance dict per future on 3.11+; it is kept only as
+  the fallback for a ``Future`` without that list.)
 """
 
 from __future__ import annotations
@@ -36,29 +39,6 @@ from ._context import ForkSafeLock, not_callable
 
 P = ParamSpec("P")
 R = TypeVar("R")
-
-
-class ContextFuture(Future[R]):
-    """A ``concurrent.futures.Future`` whose done callbacks keep their registrant's context.
-
-    ``add_done_callback(fn)`` captures the caller's context; ``fn(future)``
-    runs in that copy whichever thread completes the future (or at once, in
-    the caller's thread, if the future is already done). What ``fn`` sets
-    leaks nowhere, and the copy is dropped once ``fn`` has run. Exceptions
-    from ``fn`` are handled as the standard library handles them (logged).
-    """
-
-    __slots__ = ()
-
-    def add_done_callback(self, fn: Callable[[Future[R]], object]) -> None:
-        """Attach ``fn``, to be called with this future in a copy of the caller's context.
-
-        Raises:
-            TypeError: ``fn`` is not callable (here, not when the future completes).
-        """
-        if not callable(fn):
-            not_callable("add_done_callback", "fn", fn)
-        super().add_done_callback(_CallbackInContext(fn))
 
 
 class _CallbackInContext:
@@ -77,6 +57,69 @@ class _CallbackInContext:
         if context is not None and fn is not None:
             context.run(fn, future)
 
+
+class _CallbacksInContext(list):  # type: ignore[type-arg]
+    """A future's list of pending done callbacks that binds each one to its registrant's context.
+
+    ``Future.add_done_callback`` appends a callback to ``_done_callbacks``
+    while the future is pending (and calls it at once, in the caller's thread
+    and context, once the future is done); ``_invoke_callbacks`` calls them
+    in turn from the thread that completes the future.
+    """
+
+    __slots__ = ()
+
+    def append(self, fn: Callable[[Any], object]) -> None:
+        if not callable(fn):
+            not_callable("add_done_callback", "fn", fn)
+        super().append(_CallbackInContext(fn))
+
+
+class ContextFuture(Future[R]):
+    """A ``concurrent.futures.Future`` whose done callbacks keep their registrant's context.
+
+    ``add_done_callback(fn)`` captures the caller's context; ``fn(future)``
+    runs in that copy whichever thread completes the future (or at once, in
+    the caller's thread, if the future is already done). What ``fn`` sets
+    leaks nowhere, and the copy is dropped once ``fn`` has run. For executors
+    of your own; als's executors give their plain futures the same callbacks
+    without changing their class.
+
+    Changed in 0.2: als's executors no longer return instances of this class.
+    """
+
+    __slots__ = ()
+
+    def add_done_callback(self, fn: Callable[[Future[R]], object]) -> None:
+        """Attach ``fn``, to be called with this future in a copy of the caller's context.
+
+        Raises:
+            TypeError: ``fn`` is not callable (here, not when the future completes).
+        """
+        if not callable(fn):
+            not_callable("add_done_callback", "fn", fn)
+        super().add_done_callback(_CallbackInContext(fn))
+
+
+def _can_swap_callbacks() -> bool:
+    """Whether ``Future`` keeps pending callbacks in a list that ``add_done_callback`` appends to.
+
+    True on every CPython this supports. Checked once, on a probe future, so
+    that a change in a later CPython degrades to re-classing futures rather
+    than to callbacks that run in the wrong context.
+    """
+    probe: Future[None] = Future()
+    if type(probe.__dict__.get("_done_callbacks")) is not list:
+        return False
+    probe._done_callbacks = callbacks = _CallbacksInContext()  # type: ignore[attr-defined]
+    called: list[Future[None]] = []
+    probe.add_done_callback(called.append)
+    wrapped = [type(fn) for fn in callbacks] == [_CallbackInContext]
+    probe.set_result(None)
+    return wrapped and called == [probe]
+
+
+SWAP_CALLBACKS = _can_swap_callbacks()
 
 _future_classes: dict[type, type | None] = {}
 _future_classes_lock = ForkSafeLock()
@@ -102,13 +145,24 @@ def _context_future_class(cls: type) -> type | None:
 
 
 def adopt(future: Future[R]) -> Future[R]:
-    """Give ``future`` context-keeping done callbacks, in place (re-classed, not wrapped).
+    """Make ``future``'s done callbacks run in their registrant's context, in place.
 
-    Never raises: the task is already submitted, so anything that cannot be
-    re-classed (not a ``Future``, an incompatible subclass) comes back as is.
+    The future stays the same object of the same class: its list of pending
+    callbacks is replaced by one that binds each callback to the context of
+    the code that registers it (re-classing the future instead, where a
+    future keeps no such list). Never raises: the task is already submitted,
+    so anything that cannot be adopted (not a ``Future``, an incompatible
+    subclass) comes back as is.
     """
+    if SWAP_CALLBACKS:
+        # Swapped before anyone else sees the future, so the list is still
+        # empty unless the executor itself registered callbacks: keep those.
+        callbacks = getattr(future, "_done_callbacks", None)
+        if type(callbacks) is list:
+            future._done_callbacks = _CallbacksInContext(callbacks)  # type: ignore[attr-defined]
+        return future
     cls = type(future)
-    if cls is Future:  # the usual case: no lock, no lookup
+    if cls is Future:
         future.__class__ = ContextFuture
     elif issubclass(cls, Future) and not issubclass(cls, ContextFuture):
         target = _context_future_class(cls)
@@ -163,7 +217,12 @@ class ContextThreadPoolExecutor(ThreadPoolExecutor):
     ``initializer`` sets on a ``ContextVar`` is not visible to tasks (they run
     in their submitter's context), unlike in a plain ``ThreadPoolExecutor``.
 
-    Returned futures are ``ContextFuture`` objects.
+    Returned futures are ``concurrent.futures.Future`` objects whose
+    ``add_done_callback(fn)`` runs ``fn`` in a copy of the registering code's
+    context, whichever thread completes the future (at once, in the caller's
+    thread, if it is already done, as the standard library does). A
+    non-callable ``fn`` is a ``TypeError`` at registration while the future
+    is pending.
     """
 
     def submit(self, fn: Callable[P, R], /, *args: P.args, **kwargs: P.kwargs) -> Future[R]:
@@ -174,8 +233,8 @@ class ContextThreadPoolExecutor(ThreadPoolExecutor):
             RuntimeError: the executor is shut down (as ``ThreadPoolExecutor``).
         """
         submit: Callable[..., Future[R]] = super().submit
-        if type(fn) is RunInCopy:  # from map(): bound to map()'s caller already
-            return adopt(submit(fn, *args, **kwargs))
+        if type(fn) is RunInCopy:  # from map(): bound already, and the future stays inside map()
+            return submit(fn, *args, **kwargs)
         if not callable(fn):
             not_callable("submit", "fn", fn)
         return adopt(submit(copy_context().run, fn, *args, **kwargs))
@@ -231,19 +290,19 @@ class ContextExecutor(Executor):
         Raises:
             TypeError: ``fn`` is not callable (here, not in the worker).
         """
-        if type(fn) is RunInCopy:  # from map(): bound to map()'s caller already
+        if type(fn) is RunInCopy:  # from map(): bound already, and the future stays inside map()
             return self._submit(fn, *args, **kwargs)
         if not callable(fn):
             not_callable("submit", "fn", fn)
-        return self._submit(copy_context().run, fn, *args, **kwargs)
+        return adopt(self._submit(copy_context().run, fn, *args, **kwargs))
 
     def _submit(self, *call: Any, **kwargs: Any) -> Future[Any]:
         submit: Callable[..., Future[Any]] = self._executor.submit
         if self._starts_threads and _threads.interpreter_copies():
             # A ThreadPoolExecutor starts workers lazily in submit(), and here
             # new threads inherit: keep them out of the caller's context.
-            return adopt(Context().run(submit, *call, **kwargs))
-        return adopt(submit(*call, **kwargs))
+            return Context().run(submit, *call, **kwargs)
+        return submit(*call, **kwargs)
 
     def map(
         self,

@@ -12,77 +12,128 @@ from pathlib import Path
 
 from ._harness import Result, measure, pin_to_one_cpu
 from .cases import GROUPS
+from .memory import MemoryResult, pending_task_memory
 
 RESULTS = Path(__file__).resolve().parent / "results"
+SETS = [*GROUPS, "memory"]
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
     parser.add_argument("--quick", action="store_true", help="fewer, shorter repetitions (under a minute)")
-    parser.add_argument("--only", nargs="+", choices=sorted(GROUPS), help="run only these sets")
+    parser.add_argument("--only", nargs="+", choices=SETS, help="run only these sets")
     parser.add_argument("--no-pin", action="store_true", help="do not pin the process to one CPU")
     parser.add_argument(
         "--json", type=Path, help="where to write raw figures (default: results/ on full runs)"
     )
+    parser.add_argument(
+        "--chart", type=Path, help="where to write a PNG chart (default: beside the JSON; needs matplotlib)"
+    )
     args = parser.parse_args(argv)
+    sets = args.only or SETS
 
     cpu = None if args.no_pin else pin_to_one_cpu()
     repetitions, divisor = (7, 10) if args.quick else (21, 1)
-    print(
+    title = (
         f"Python {platform.python_version()} on {platform.machine()}, pinned to CPU {cpu}; "
-        f"{repetitions} interleaved repetitions per group{' (quick)' if args.quick else ''}\n"
+        f"{repetitions} interleaved repetitions per group{' (quick)' if args.quick else ''}"
     )
-    print(f"{'operation':<44} {'variant':<26} {'per op':>10} {'ratio':>7} {'IQR':>13} {'target':>7}")
+    print(title + "\n")
 
     results: list[Result] = []
-    groups = [group for name in (args.only or GROUPS) for group in GROUPS[name]()]
+    groups = [group for name in sets if name in GROUPS for group in GROUPS[name]()]
+    if groups:
+        print(f"{'operation':<44} {'variant':<26} {'per op':>10} {'ratio':>7} {'IQR':>13} {'target':>7}")
     for group in groups:
         number = max(1, group.number // divisor)
         for result in measure(group, repetitions, number):
             results.append(result)
             target = "" if result.target is None else f"<={result.target:.2f}"
-            verdict = "" if result.met is None else ("  ok" if result.met else "  MISSED")
-            per_op = sorted(result.per_op_ns)[len(result.per_op_ns) // 2] / 1000
             print(
-                f"{group.name:<44} {result.variant:<26} {per_op:>8.2f}us {result.ratio:>6.3f}x"
-                f" {result.quartiles[0]:>6.3f}-{result.quartiles[1]:<6.3f} {target:>7}{verdict}"
+                f"{group.name:<44} {result.variant:<26} {result.per_op_median / 1000:>8.2f}us"
+                f" {result.ratio:>6.3f}x {result.quartiles[0]:>6.3f}-{result.quartiles[1]:<6.3f}"
+                f" {target:>7}{_verdict(result.met)}"
             )
 
-    missed = [r for r in results if r.met is False]
-    checked = [r for r in results if r.met is not None]
+    memory: list[MemoryResult] = []
+    if "memory" in sets:
+        memory = pending_task_memory()
+        print(f"\n{'memory held per pending task':<44} {'bytes':>10} {'over bare':>10} {'target':>8}")
+        for m in memory:
+            target = "" if m.target is None else f"<=+{m.target:.0f}"
+            print(
+                f"{m.variant:<44} {m.bytes_per_task:>10,.0f} {m.over_bare:>+10.0f}"
+                f" {target:>8}{_verdict(m.met)}"
+            )
+
+    judged = [(f"{r.group} ({r.variant})", r.met) for r in results] + [
+        (f"memory ({m.variant})", m.met) for m in memory
+    ]
+    checked = [name for name, met in judged if met is not None]
+    missed = [name for name, met in judged if met is False]
     print(
-        f"\n{len(checked) - len(missed)} of {len(checked)} targets met"
-        + (f"; missed: {', '.join(f'{r.group} ({r.variant})' for r in missed)}" if missed else "")
+        f"\nSUMMARY: {len(checked) - len(missed)} of {len(checked)} targets met"
+        + (f"; missed: {', '.join(missed)}" if missed else "")
+        + f" (Python {platform.python_version()}{', quick' if args.quick else ''})"
     )
 
-    path = args.json
-    if path is None and not args.quick:
+    json_path = args.json
+    if json_path is None and not args.quick:
         RESULTS.mkdir(exist_ok=True)
         stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-        path = RESULTS / f"{stamp}-py{sys.version_info.major}{sys.version_info.minor}.json"
-    if path is not None:
-        payload = {
-            "python": platform.python_version(),
-            "machine": platform.machine(),
-            "cpus": os.cpu_count(),
-            "pinned_cpu": cpu,
-            "repetitions": repetitions,
-            "results": [
-                {
-                    "group": r.group,
-                    "variant": r.variant,
-                    "baseline": r.baseline,
-                    "target": r.target,
-                    "median_ratio": r.ratio,
-                    "ratios": r.ratios,
-                    "per_op_ns": r.per_op_ns,
-                }
-                for r in results
-            ],
-        }
-        path.write_text(json.dumps(payload, indent=1))
-        print(f"raw figures: {path}")
+        json_path = RESULTS / f"{stamp}-py{sys.version_info.major}{sys.version_info.minor}.json"
+    if json_path is not None:
+        json_path.write_text(json.dumps(_payload(results, memory, cpu, repetitions), indent=1))
+        print(f"raw figures: {json_path}")
+
+    chart_path = args.chart or (json_path.with_suffix(".png") if json_path is not None else None)
+    if chart_path is not None:
+        try:
+            from .chart import write_chart  # noqa: PLC0415
+        except ImportError:
+            print("no chart: matplotlib is not installed (pip install -e .[bench])")
+        else:
+            write_chart(results, memory, chart_path, title)
+            print(f"chart: {chart_path}")
     return 0
+
+
+def _verdict(met: bool | None) -> str:
+    return "" if met is None else ("  ok" if met else "  MISSED")
+
+
+def _payload(results: list[Result], memory: list[MemoryResult], cpu: int | None, repetitions: int) -> object:
+    return {
+        "python": platform.python_version(),
+        "implementation": platform.python_implementation(),
+        "machine": platform.machine(),
+        "processor": platform.processor(),
+        "cpus": os.cpu_count(),
+        "pinned_cpu": cpu,
+        "repetitions": repetitions,
+        "results": [
+            {
+                "group": r.group,
+                "kind": r.kind,
+                "variant": r.variant,
+                "baseline": r.baseline,
+                "target": r.target,
+                "median_ratio": r.ratio,
+                "ratios": r.ratios,
+                "per_op_ns": r.per_op_ns,
+            }
+            for r in results
+        ],
+        "memory": [
+            {
+                "variant": m.variant,
+                "bytes_per_task": m.passes,
+                "over_bare": m.over_bare,
+                "target_over_bare": m.target,
+            }
+            for m in memory
+        ],
+    }
 
 
 if __name__ == "__main__":

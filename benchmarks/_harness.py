@@ -34,6 +34,7 @@ class Group:
     variants: list[Variant]
     setup: Callable[[], contextlib.AbstractContextManager[Any]] = contextlib.nullcontext
     targets: dict[str, float] = field(default_factory=dict)  # variant -> max ratio
+    kind: str = "hop"  # "hop" (a thread hand-off) or "operation" (in-thread, sub-microsecond)
 
     @property
     def baseline(self) -> Variant:
@@ -48,10 +49,15 @@ class Result:
     per_op_ns: list[float]
     ratios: list[float]
     target: float | None
+    kind: str
 
     @property
     def ratio(self) -> float:
         return statistics.median(self.ratios)
+
+    @property
+    def per_op_median(self) -> float:
+        return statistics.median(self.per_op_ns)
 
     @property
     def quartiles(self) -> tuple[float, float]:
@@ -96,5 +102,11 @@ def measure(group: Group, repetitions: int, number: int) -> Iterator[Result]:
                 ratios[name].append(times[name] / times[group.baseline.name])
     for name in names[1:]:
         yield Result(
-            group.name, name, group.baseline.name, per_op[name], ratios[name], group.targets.get(name)
+            group.name,
+            name,
+            group.baseline.name,
+            per_op[name],
+            ratios[name],
+            group.targets.get(name),
+            group.kind,
         )

@@ -253,6 +253,7 @@ def operations() -> list[Group]:
             1_000_000,
             [Variant("ContextVar.get()", loop_raw_get), Variant("get_store()", loop_get_store)],
             targets={"get_store()": 3.0},
+            kind="operation",
         ),
         Group(
             "get_store() inside a run",
@@ -264,6 +265,7 @@ def operations() -> list[Group]:
             ],
             in_request,
             {"get_store()": 3.0},
+            "operation",
         ),
         Group(
             "run(store, fn)",
@@ -271,18 +273,21 @@ def operations() -> list[Group]:
             200_000,
             [Variant("copy+set+run by hand", loop_hand_run), Variant("run()", loop_run)],
             targets={"run()": 1.3},
+            kind="operation",
         ),
         Group(
             "scope() enter+exit",
             "block",
             200_000,
             [Variant("ContextVar set/reset", loop_token), Variant("with scope()", loop_scope)],
+            kind="operation",
         ),
         Group(
             "bound function call",
             "call",
             200_000,
             [Variant("captured.copy().run", loop_hand_bound), Variant("bind(fn)()", loop_bound)],
+            kind="operation",
         ),
     ]
 

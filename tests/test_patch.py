@@ -337,7 +337,7 @@ class TestThreadPools:
 
     def test_done_callbacks_keep_stdlib_behaviour(self, storage: AsyncLocalStorage[object]) -> None:
         """A plain future's callback still runs where the standard library runs it: in the completing
-        worker's own context, not the registrant's (only als's ContextFuture changes that)."""
+        worker's own context, not the registrant's (only als's executors change that)."""
         recorder = Recorder()
         release = threading.Event()
         with ThreadPoolExecutor(max_workers=1) as executor:
