@@ -105,7 +105,7 @@ def _inherits(thread: threading.Thread) -> bool:
     """Whether a thread about to start should get a copy of its starter's context."""
     if not getattr(thread, "als_inherit_context", True):
         return False
-    target = thread.__dict__.get("_target")
+    target = getattr(thread, "_target", None)  # not thread.__dict__: see run_in()
     module = type(thread).__module__ if target is None else getattr(target, "__module__", None)
     return module not in _SERVICE_MODULES
 

@@ -109,11 +109,42 @@ class TestContextThread:
         join_all([thread])
         assert recorder.as_dict() == {"call": (1, 2, "A")}
 
-    def test_finished_thread_keeps_no_store(self, storage: AsyncLocalStorage[object]) -> None:
+    def test_overridden_run_calling_super(self, storage: AsyncLocalStorage[object]) -> None:
+        """An override that calls super().run() runs the target once, in the one copy."""
+        recorder = Recorder()
+
+        class Wrapping(ContextThread):
+            def run(self) -> None:
+                recorder("before", storage.get_store())
+                storage.enter_with("set by run")
+                super().run()
+
+        thread = Wrapping(target=lambda: recorder("target", storage.get_store()))
+        storage.run("A", thread.start)
+        join_all([thread])
+        assert recorder.seen == [("before", "A"), ("target", "set by run")]
+        assert storage.get_store() is None
+
+    def test_run_called_directly(self, storage: AsyncLocalStorage[object]) -> None:
+        """run() called without start() runs the target in the caller's own context, like Thread."""
+        recorder = Recorder()
+        thread = ContextThread(target=lambda: recorder("target", storage.get_store()))
+        storage.run("A", thread.run)
+        assert recorder.as_dict() == {"target": "A"}
+
+    @pytest.mark.parametrize("overridden", [False, True], ids=["target", "overridden run"])
+    def test_finished_thread_keeps_no_store(
+        self, storage: AsyncLocalStorage[object], overridden: bool
+    ) -> None:
         """Once run() ends, the thread object no longer holds the starter's context."""
         store = Store()
         ref = weakref.ref(store)
-        thread = ContextThread(target=storage.get_store)
+
+        class Overriding(ContextThread):
+            def run(self) -> None:
+                storage.get_store()
+
+        thread = Overriding() if overridden else ContextThread(target=storage.get_store)
         storage.run(store, thread.start)
         join_all([thread])
         del store
