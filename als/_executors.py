@@ -28,6 +28,7 @@ Invariants:
 
 from __future__ import annotations
 
+import functools
 import sys
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
@@ -233,11 +234,20 @@ class ContextThreadPoolExecutor(ThreadPoolExecutor):
             RuntimeError: the executor is shut down (as ``ThreadPoolExecutor``).
         """
         submit: Callable[..., Future[R]] = super().submit
+        if _threads._INTERPRETER_COPIES:
+            # New threads inherit their starter's context (3.14's flag), and
+            # ThreadPoolExecutor starts its workers lazily, inside submit():
+            # start them empty, never pinned to this caller's request.
+            submit = functools.partial(Context().run, submit)
         if type(fn) is RunInCopy:  # from map(): bound already, and the future stays inside map()
             return submit(fn, *args, **kwargs)
         if not callable(fn):
             not_callable("submit", "fn", fn)
-        return adopt(submit(copy_context().run, fn, *args, **kwargs))
+        future = submit(copy_context().run, fn, *args, **kwargs)
+        if SWAP_CALLBACKS and type(future) is Future:  # adopt(), inlined for the usual case
+            future._done_callbacks = _CallbacksInContext(future._done_callbacks)  # type: ignore[attr-defined]
+            return future
+        return adopt(future)
 
     def map(
         self,
@@ -256,16 +266,6 @@ class ContextThreadPoolExecutor(ThreadPoolExecutor):
             not_callable("map", "fn", fn)
         bound = RunInCopy(copy_context(), fn)
         return super().map(bound, *iterables, timeout=timeout, chunksize=chunksize, **kwargs)
-
-    def _adjust_thread_count(self) -> None:
-        # ThreadPoolExecutor starts its worker threads here, lazily, inside
-        # submit(): in the submitter's context, which a new thread inherits
-        # where the interpreter copies contexts into threads (3.14's flag).
-        # (Under als.patch() worker threads start empty anyway.)
-        if _threads.interpreter_copies():
-            Context().run(super()._adjust_thread_count)
-        else:
-            super()._adjust_thread_count()
 
 
 class ContextExecutor(Executor):
@@ -290,19 +290,16 @@ class ContextExecutor(Executor):
         Raises:
             TypeError: ``fn`` is not callable (here, not in the worker).
         """
-        if type(fn) is RunInCopy:  # from map(): bound already, and the future stays inside map()
-            return self._submit(fn, *args, **kwargs)
-        if not callable(fn):
-            not_callable("submit", "fn", fn)
-        return adopt(self._submit(copy_context().run, fn, *args, **kwargs))
-
-    def _submit(self, *call: Any, **kwargs: Any) -> Future[Any]:
-        submit: Callable[..., Future[Any]] = self._executor.submit
-        if self._starts_threads and _threads.interpreter_copies():
+        submit: Callable[..., Future[R]] = self._executor.submit
+        if self._starts_threads and _threads._INTERPRETER_COPIES:
             # A ThreadPoolExecutor starts workers lazily in submit(), and here
             # new threads inherit: keep them out of the caller's context.
-            return Context().run(submit, *call, **kwargs)
-        return submit(*call, **kwargs)
+            submit = functools.partial(Context().run, submit)
+        if type(fn) is RunInCopy:  # from map(): bound already, and the future stays inside map()
+            return submit(fn, *args, **kwargs)
+        if not callable(fn):
+            not_callable("submit", "fn", fn)
+        return adopt(submit(copy_context().run, fn, *args, **kwargs))
 
     def map(
         self,

@@ -149,10 +149,16 @@ def _thread_pool_submit(original: Callable[..., Future[Any]], generation: _Gener
     @functools.wraps(original)
     def submit(self: ThreadPoolExecutor, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future[Any]:
         # Worker threads it starts are service threads: they start empty.
-        if not generation.active or _runs_in_a_context(fn) or _sends_work_elsewhere(self):
-            # Already in a context, or bound for another interpreter: as it is.
-            return original(self, fn, *args, **kwargs)
-        return original(self, copy_context().run, fn, *args, **kwargs)
+        # The exact-type tests skip two calls in the usual case (a plain
+        # function submitted to a plain pool); the calls decide the rest.
+        if (
+            generation.active
+            and (type(fn) is types.FunctionType or not _runs_in_a_context(fn))
+            and (type(self) is ThreadPoolExecutor or not _sends_work_elsewhere(self))
+        ):
+            return original(self, copy_context().run, fn, *args, **kwargs)
+        # Already in a context, or bound for another interpreter: as it is.
+        return original(self, fn, *args, **kwargs)
 
     return submit
 
