@@ -226,6 +226,16 @@ class ContextThreadPoolExecutor(ThreadPoolExecutor):
     is pending.
     """
 
+    # The submit() that super().submit() would find, resolved once per class
+    # rather than through a super object and a bound method on every call.
+    _next_submit: Any = staticmethod(ThreadPoolExecutor.submit)
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        after = cls.__mro__[cls.__mro__.index(ContextThreadPoolExecutor) + 1 :]
+        following = next(klass.__dict__["submit"] for klass in after if "submit" in klass.__dict__)
+        cls._next_submit = staticmethod(following)
+
     def submit(self, fn: Callable[P, R], /, *args: P.args, **kwargs: P.kwargs) -> Future[R]:
         """Run ``fn(*args, **kwargs)`` on a worker, in a copy of the caller's context.
 
@@ -233,17 +243,17 @@ class ContextThreadPoolExecutor(ThreadPoolExecutor):
             TypeError: ``fn`` is not callable (here, not in the worker).
             RuntimeError: the executor is shut down (as ``ThreadPoolExecutor``).
         """
-        submit: Callable[..., Future[R]] = super().submit
+        submit: Callable[..., Future[R]] = self._next_submit
         if _threads._INTERPRETER_COPIES:
             # New threads inherit their starter's context (3.14's flag), and
             # ThreadPoolExecutor starts its workers lazily, inside submit():
             # start them empty, never pinned to this caller's request.
             submit = functools.partial(Context().run, submit)
         if type(fn) is RunInCopy:  # from map(): bound already, and the future stays inside map()
-            return submit(fn, *args, **kwargs)
+            return submit(self, fn, *args, **kwargs)
         if not callable(fn):
             not_callable("submit", "fn", fn)
-        future = submit(copy_context().run, fn, *args, **kwargs)
+        future = submit(self, copy_context().run, fn, *args, **kwargs)
         if SWAP_CALLBACKS and type(future) is Future:  # adopt(), inlined for the usual case
             future._done_callbacks = _CallbacksInContext(future._done_callbacks)  # type: ignore[attr-defined]
             return future

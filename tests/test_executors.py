@@ -171,6 +171,39 @@ class TestSubmit:
         assert storage.run("A", outer.submit, task).result(TIMEOUT) == ("A", "A")
 
 
+class TestSubclassing:
+    def test_subclass_overriding_submit(self, storage: AsyncLocalStorage[object]) -> None:
+        """A subclass whose submit() calls super().submit() keeps the propagation."""
+        calls: list[object] = []
+
+        class Counting(ContextThreadPoolExecutor):
+            def submit(self, fn: Callable[..., R], /, *args: Any, **kwargs: Any) -> Future[R]:
+                calls.append(fn)
+                return super().submit(fn, *args, **kwargs)
+
+        with Counting(max_workers=1) as executor:
+            assert storage.run("A", executor.submit, storage.get_store).result(TIMEOUT) == "A"
+            assert list(executor.map(lambda _: storage.get_store(), [1])) == [None]
+        assert calls[0] == storage.get_store
+        assert len(calls) == 2  # map() goes through submit() too
+
+    def test_cooperative_mixin_after_it_keeps_its_submit(self, storage: AsyncLocalStorage[object]) -> None:
+        """A ThreadPoolExecutor subclass placed after it in the MRO still has its submit() called."""
+        seen: list[object] = []
+
+        class Auditing(ThreadPoolExecutor):
+            def submit(self, fn: Callable[..., R], /, *args: Any, **kwargs: Any) -> Future[R]:
+                seen.append(storage.get_store())
+                return super().submit(fn, *args, **kwargs)
+
+        class Both(ContextThreadPoolExecutor, Auditing):
+            pass
+
+        with Both(max_workers=1) as executor:
+            assert storage.run("A", executor.submit, storage.get_store).result(TIMEOUT) == "A"
+        assert seen == ["A"]
+
+
 def lazy_map(
     self: Executor, fn: Callable[..., Any], *iterables: Any, timeout: float | None = None, **_: Any
 ) -> Iterator[Any]:
