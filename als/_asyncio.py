@@ -7,8 +7,9 @@ Invariants:
   the callable runs in that copy, and what it sets never reaches the task.
 * An executor that already propagates (``ContextThreadPoolExecutor``, a
   ``wrap_executor`` wrapper) is not given a second copy.
-* Submission runs in a new, empty ``Context``, so a worker thread started
-  lazily by the executor is never pinned to the caller's context.
+* A worker thread that the executor starts lazily is never pinned to the
+  caller's context: threads do not inherit contexts, or (where they do,
+  3.14's flag) submission runs in a new, empty ``Context``.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from concurrent.futures import Executor
 from contextvars import Context, copy_context
 from typing import ParamSpec, TypeVar
 
+from . import _threads
 from ._context import not_callable
 from ._executors import ContextExecutor, ContextThreadPoolExecutor, check_in_process
 
@@ -58,7 +60,11 @@ def run_in_executor(
         call: Callable[[], R] = functools.partial(fn, *args, **kwargs)
         return loop.run_in_executor(executor, call)
     call = functools.partial(copy_context().run, fn, *args, **kwargs)
-    return Context().run(loop.run_in_executor, executor, call)
+    if _threads._INTERPRETER_COPIES:
+        # New threads inherit their starter's context, and the executor may
+        # start a worker inside submit(): start it empty.
+        return Context().run(loop.run_in_executor, executor, call)
+    return loop.run_in_executor(executor, call)
 
 
 def install_default_executor(

@@ -187,8 +187,8 @@ class RunInCopy:
         self._context = context
         self._fn = fn
 
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        return self._context.copy().run(self._fn, *args, **kwargs)
+    def __call__(self, *args: Any) -> Any:  # map() passes positional arguments only
+        return self._context.copy().run(self._fn, *args)
 
 
 def check_in_process(function: str, executor: object) -> None:

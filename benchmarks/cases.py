@@ -21,13 +21,17 @@ def noop() -> None:
     pass
 
 
+_tenant: contextvars.ContextVar[str] = contextvars.ContextVar("tenant")
+_trace: contextvars.ContextVar[tuple[str, str]] = contextvars.ContextVar("trace")
+
+
 @contextlib.contextmanager
 def in_request() -> Iterator[None]:
     """Measure as a service would: inside a request, with a store and a couple of other variables set."""
     context = contextvars.copy_context()
     context.run(storage.enter_with, "request-0123456789abcdef")
-    context.run(contextvars.ContextVar("tenant").set, "acme")
-    context.run(contextvars.ContextVar("trace").set, ("0af7651916cd43dd8448eb211c80319c", "b7ad6b7169203331"))
+    context.run(_tenant.set, "acme")
+    context.run(_trace.set, ("0af7651916cd43dd8448eb211c80319c", "b7ad6b7169203331"))
     # Variants switch the process-wide patch per timed block, so the measured
     # code runs in the request context through this one level of indirection.
     token = _request_context.set(context)
@@ -83,7 +87,7 @@ def round_trip(executor: Any) -> Callable[[int], None]:
     return _in_request(run)
 
 
-def batch(executor: Any) -> Callable[[int], None]:
+def batch(executor: Any, hand_copied: bool = False) -> Callable[[int], None]:
     """n batches of 1000 submits, each waited for, in the request."""
 
     def run(number: int) -> None:
@@ -91,7 +95,19 @@ def batch(executor: Any) -> Callable[[int], None]:
         for _ in range(number):
             wait([submit(noop) for _ in range(1000)])
 
-    return _in_request(run)
+    def run_hand_copied(number: int) -> None:
+        submit = executor.submit
+        for _ in range(number):
+            wait([submit(contextvars.copy_context().run, noop) for _ in range(1000)])
+
+    return _in_request(run_hand_copied if hand_copied else run)
+
+
+class MinimalOverride(ThreadPoolExecutor):
+    """The least a propagating subclass can do: copy, and hand the copy's run to super().submit."""
+
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
+        return super().submit(contextvars.copy_context().run, fn, *args, **kwargs)
 
 
 def start_join(make: Callable[[], threading.Thread]) -> Callable[[int], None]:
@@ -210,7 +226,7 @@ def operations() -> list[Group]:
     def noop_fn() -> None:
         pass
 
-    def hand_run(store: object, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
+    def hand_run(store: str | None, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
         # What run() does, written out: copy, set the variable in the copy, run fn in it.
         context = contextvars.copy_context()
         context.run(raw.set, store)
@@ -297,6 +313,7 @@ def als_hops() -> list[Group]:
     pool = ThreadPoolExecutor(max_workers=4)
     context_pool = als.ContextThreadPoolExecutor(max_workers=4)
     wrapped = als.wrap_executor(ThreadPoolExecutor(max_workers=4))
+    minimal = MinimalOverride(max_workers=4)
 
     with_pools = warmed(pool, context_pool, wrapped)
     loop = asyncio.new_event_loop()
@@ -335,8 +352,12 @@ def als_hops() -> list[Group]:
                 Variant("ThreadPoolExecutor", batch(pool)),
                 Variant("ContextThreadPoolExecutor", batch(context_pool)),
                 Variant("wrap_executor", batch(wrapped)),
+                # References for the floor: the copy alone, and the least any
+                # Python-level submit() override costs on top of it.
+                Variant("copy_context().run by hand", batch(pool, hand_copied=True)),
+                Variant("minimal submit() override", batch(minimal)),
             ],
-            with_pools,
+            warmed(pool, context_pool, wrapped, minimal),
             {"ContextThreadPoolExecutor": 1.09, "wrap_executor": 1.09},
         ),
         Group(

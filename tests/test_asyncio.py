@@ -142,6 +142,18 @@ class TestRunInExecutor:
             als.run_in_executor(None, print)
 
 
+    @pytest.mark.usefixtures("threads_inherit")
+    def test_worker_it_starts_is_not_pinned(self, storage: AsyncLocalStorage[object]) -> None:
+        """Where threads inherit (3.14's flag), a worker started by A's call shows nothing to later jobs."""
+        with ThreadPoolExecutor(max_workers=1) as pool:
+
+            async def request() -> object:
+                return await als.run_in_executor(pool, storage.get_store)
+
+            assert asyncio.run(storage.run("A", request)) == "A"
+            assert pool.submit(storage.get_store).result(TIMEOUT) is None
+
+
 class TestInstallDefaultExecutor:
     def test_plain_run_in_executor_and_to_thread_propagate(self, storage: AsyncLocalStorage[object]) -> None:
         """After it, loop.run_in_executor(None, fn) and asyncio.to_thread see the task's store."""
