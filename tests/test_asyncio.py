@@ -141,7 +141,6 @@ class TestRunInExecutor:
         with pytest.raises(RuntimeError, match="no running event loop"):
             als.run_in_executor(None, print)
 
-
     @pytest.mark.usefixtures("threads_inherit")
     def test_worker_it_starts_is_not_pinned(self, storage: AsyncLocalStorage[object]) -> None:
         """Where threads inherit (3.14's flag), a worker started by A's call shows nothing to later jobs."""
