@@ -29,11 +29,13 @@ import re
 from collections.abc import Awaitable, Callable, Iterable, Iterator, MutableMapping
 from contextvars import Context, copy_context
 from types import TracebackType
-from typing import Any, Literal, Protocol
+from typing import Any, Generic, Literal, Protocol, TypeVar
 
 from . import AsyncLocalStorage
 
 __all__ = ["ASGIRequestId", "WSGIRequestId", "is_safe_header_value", "is_valid_request_id", "new_request_id"]
+
+_App = TypeVar("_App", bound=Callable[..., Any])
 
 # The default validator: uuids (with or without dashes), nginx's $request_id, ULIDs, X-Ray-ish ids.
 _VALID_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}").fullmatch
@@ -71,7 +73,7 @@ def new_request_id() -> str:
     return os.urandom(16).hex()
 
 
-class _RequestId:
+class _RequestId(Generic[_App]):
     """The configuration both middlewares share, checked once, and the choice of a request's id."""
 
     __slots__ = (
@@ -79,7 +81,9 @@ class _RequestId:
         "_app",
         "_generate",
         "_header",
+        "_key",
         "_lower",
+        "_name",
         "_reject",
         "_storage",
         "_trust",
@@ -88,14 +92,14 @@ class _RequestId:
 
     def __init__(
         self,
-        app: Callable[..., Any],
+        app: _App,
         storage: AsyncLocalStorage[Any],
         *,
-        header: str,
-        trust_incoming: bool,
-        generator: Callable[[], str] | None,
-        validator: Callable[[str], bool] | None,
-        on_invalid: Literal["replace", "reject"],
+        header: str = "X-Request-ID",
+        trust_incoming: bool = True,
+        generator: Callable[[], str] | None = None,
+        validator: Callable[[str], bool] | None = None,
+        on_invalid: Literal["replace", "reject"] = "replace",
     ) -> None:
         cls = type(self).__name__
         if not callable(app):
@@ -131,13 +135,15 @@ class _RequestId:
         self._storage = storage
         self._header = header
         self._lower = header.lower()
+        self._key = "HTTP_" + header.upper().replace("-", "_")  # WSGI's environ key
+        self._name = self._lower.encode("ascii")  # ASGI's header name
         self._trust = trust_incoming
         self._reject = on_invalid == "reject"
         self._generate = new_request_id if generator is None else _checked(cls, generator)
         self._valid = _VALID_ID if validator is None else _floored(validator)
 
     @property
-    def app(self) -> Callable[..., Any]:
+    def app(self) -> _App:
         """The wrapped application."""
         return self._app
 
@@ -204,7 +210,7 @@ _WSGIApp = Callable[[_Environ, _StartResponse], Iterable[bytes]]
 _RUN_NO_CODE = frozenset({list, tuple})
 
 
-class WSGIRequestId(_RequestId):
+class WSGIRequestId(_RequestId[_WSGIApp]):
     """WSGI middleware: each request runs under its id, taken from ``header`` when safe, and returns it.
 
     ``app = WSGIRequestId(app, storage)``. The id is ``storage``'s store
@@ -249,29 +255,7 @@ class WSGIRequestId(_RequestId):
             (the message never shows it).
     """
 
-    __slots__ = ("_key",)
-
-    def __init__(
-        self,
-        app: _WSGIApp,
-        storage: AsyncLocalStorage[Any],
-        *,
-        header: str = "X-Request-ID",
-        trust_incoming: bool = True,
-        generator: Callable[[], str] | None = None,
-        validator: Callable[[str], bool] | None = None,
-        on_invalid: Literal["replace", "reject"] = "replace",
-    ) -> None:
-        super().__init__(
-            app,
-            storage,
-            header=header,
-            trust_incoming=trust_incoming,
-            generator=generator,
-            validator=validator,
-            on_invalid=on_invalid,
-        )
-        self._key = "HTTP_" + header.upper().replace("-", "_")
+    __slots__ = ()
 
     def __call__(self, environ: _Environ, start_response: _StartResponse) -> Iterable[bytes]:
         key = self._key
@@ -346,7 +330,7 @@ _STARTS = frozenset({"http.response.start", "websocket.accept", "websocket.http.
 _TEXT = (b"content-type", b"text/plain; charset=utf-8")
 
 
-class ASGIRequestId(_RequestId):
+class ASGIRequestId(_RequestId[_ASGIApp]):
     """ASGI 3 middleware: each http or websocket request runs under its id, taken from ``header`` when safe.
 
     ``app = ASGIRequestId(app, storage)``. The id is ``storage``'s store (a
@@ -392,29 +376,7 @@ class ASGIRequestId(_RequestId):
             (the message never shows it).
     """
 
-    __slots__ = ("_name",)
-
-    def __init__(
-        self,
-        app: _ASGIApp,
-        storage: AsyncLocalStorage[Any],
-        *,
-        header: str = "X-Request-ID",
-        trust_incoming: bool = True,
-        generator: Callable[[], str] | None = None,
-        validator: Callable[[str], bool] | None = None,
-        on_invalid: Literal["replace", "reject"] = "replace",
-    ) -> None:
-        super().__init__(
-            app,
-            storage,
-            header=header,
-            trust_incoming=trust_incoming,
-            generator=generator,
-            validator=validator,
-            on_invalid=on_invalid,
-        )
-        self._name = self._lower.encode("ascii")
+    __slots__ = ()
 
     async def __call__(self, scope: _Scope, receive: _Receive, send: _Send) -> None:
         kind = scope["type"]
