@@ -27,12 +27,8 @@ from typing import Any
 from ._context import not_callable
 
 # CPython 3.14+ copies the starter's context into every new thread itself.
+# Read at call time (as _threads._INTERPRETER_COPIES elsewhere), so tests can emulate it.
 _INTERPRETER_COPIES = bool(getattr(sys.flags, "thread_inherit_context", False))
-
-
-def interpreter_copies() -> bool:
-    """Whether new threads start in a copy of their starter's context by themselves."""
-    return _INTERPRETER_COPIES
 
 
 def _check_context(function: str, context: object) -> None:
