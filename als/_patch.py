@@ -111,25 +111,42 @@ def _inherits(thread: threading.Thread) -> bool:
 
 
 def _low_level_start(original: Callable[..., Any], generation: _Generation) -> Callable[..., Any]:
-    """3.10 to 3.13: wrap the function Thread.start hands ``self._bootstrap`` to."""
+    """3.10 to 3.13: wrap the function Thread.start hands ``self._bootstrap`` to.
 
-    @functools.wraps(original)
-    def start_thread(function: Any, *args: Any, **kwargs: Any) -> Any:
+    The new thread runs ``Thread._bootstrap``, and so ``run()``, in a copy of
+    the starter's context. Nothing is set on the thread object (an instance
+    attribute costs Thread's own code far more on 3.13), and once the thread
+    ends nothing refers to the copy. ``MethodType(copy.run, bootstrap)`` is
+    a callable that calls ``copy.run(bootstrap)``: unlike a
+    ``functools.partial`` it allocates no argument tuple or keyword dict.
+    """
+    thread_class = threading.Thread
+
+    def copies_for(function: object) -> bool:
         thread = getattr(function, "__self__", None)
-        if (
-            not generation.active
-            or not isinstance(thread, threading.Thread)
+        if type(thread) is not thread_class and (
+            not isinstance(thread, thread_class)
             or isinstance(thread, _RunsInStartersContext)  # ContextThread/Timer copy for themselves
-            or not _inherits(thread)
         ):
-            return original(function, *args, **kwargs)
-        # The new thread runs Thread._bootstrap, and so run(), in the copy.
-        # Nothing is set on the thread object (an instance attribute costs
-        # Thread's own code far more on 3.13), and once the thread ends
-        # nothing refers to the copy.
-        return original(functools.partial(copy_context().run, function), *args, **kwargs)
+            return False
+        return generation.active and _inherits(thread)
 
-    return start_thread
+    if sys.version_info >= (3, 13):
+        # Spelled out, as Thread.start passes them: forwarding **kwargs would
+        # build a dict on every start.
+        def start_thread(function: Any, handle: Any = None, daemon: bool = True) -> Any:
+            if copies_for(function):
+                function = types.MethodType(copy_context().run, function)
+            return original(function, handle=handle, daemon=daemon)
+
+    else:
+        # start_new_thread takes positional arguments only.
+        def start_thread(function: Any, *args: Any) -> Any:
+            if copies_for(function):
+                function = types.MethodType(copy_context().run, function)
+            return original(function, *args)
+
+    return functools.wraps(original)(start_thread)
 
 
 def _native_thread_start(original: Callable[[threading.Thread], None], generation: _Generation) -> Any:

@@ -76,7 +76,7 @@ def opentelemetry_instrumented() -> Callable[[], contextlib.AbstractContextManag
     return active
 
 
-def round_trip(executor: Any) -> Callable[[int], None]:
+def round_trip(executor: Any, hand_copied: bool = False) -> Callable[[int], None]:
     """submit(noop).result(), n times, in the request."""
 
     def run(number: int) -> None:
@@ -84,7 +84,12 @@ def round_trip(executor: Any) -> Callable[[int], None]:
         for _ in range(number):
             submit(noop).result()
 
-    return _in_request(run)
+    def run_hand_copied(number: int) -> None:
+        submit = executor.submit
+        for _ in range(number):
+            submit(contextvars.copy_context().run, noop).result()
+
+    return _in_request(run_hand_copied if hand_copied else run)
 
 
 def batch(executor: Any, hand_copied: bool = False) -> Callable[[int], None]:
@@ -336,24 +341,26 @@ def als_hops() -> list[Group]:
             "submit+result round trip",
             "round trip",
             20_000,
+            # The last two are references for the floor: the copy alone, and
+            # the least any Python-level submit() override costs on top of it.
             [
                 Variant("ThreadPoolExecutor", round_trip(pool)),
                 Variant("ContextThreadPoolExecutor", round_trip(context_pool)),
                 Variant("wrap_executor", round_trip(wrapped)),
+                Variant("copy_context().run by hand", round_trip(pool, hand_copied=True)),
+                Variant("minimal submit() override", round_trip(minimal)),
             ],
-            with_pools,
+            warmed(pool, context_pool, wrapped, minimal),
             {"ContextThreadPoolExecutor": 1.03, "wrap_executor": 1.03},
         ),
         Group(
             "1k-task batch",
             "batch of 1000",
             20,
-            [
+            [  # with the same two references
                 Variant("ThreadPoolExecutor", batch(pool)),
                 Variant("ContextThreadPoolExecutor", batch(context_pool)),
                 Variant("wrap_executor", batch(wrapped)),
-                # References for the floor: the copy alone, and the least any
-                # Python-level submit() override costs on top of it.
                 Variant("copy_context().run by hand", batch(pool, hand_copied=True)),
                 Variant("minimal submit() override", batch(minimal)),
             ],
