@@ -34,7 +34,9 @@ class Group:
     variants: list[Variant]
     setup: Callable[[], contextlib.AbstractContextManager[Any]] = contextlib.nullcontext
     targets: dict[str, float] = field(default_factory=dict)  # variant -> max ratio
-    kind: str = "hop"  # "hop" (a thread hand-off) or "operation" (in-thread, sub-microsecond)
+    # "hop" (a thread hand-off), "operation" (in-thread, sub-microsecond) or
+    # "request" (an HTTP request through a real server)
+    kind: str = "hop"
 
     @property
     def baseline(self) -> Variant:

@@ -13,6 +13,7 @@ from typing import Any
 import als
 
 from ._harness import Group, Variant
+from .web import web_groups
 
 storage: als.AsyncLocalStorage[str | None] = als.AsyncLocalStorage(name="request_id")
 
@@ -437,4 +438,5 @@ async def _warm_default_executor(loop: asyncio.AbstractEventLoop) -> None:
 GROUPS: dict[str, Callable[[], list[Group]]] = {
     "core": lambda: operations() + als_hops(),
     "patch": patched_hops,
+    "web": web_groups,
 }

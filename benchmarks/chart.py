@@ -49,7 +49,7 @@ def write_chart(results: list[Result], memory: list[MemoryResult], path: Path, t
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt  # noqa: PLC0415
 
-    hops = [r for r in results if r.kind == "hop"]
+    hops = [r for r in results if r.kind in ("hop", "request")]
     operations = [r for r in results if r.kind == "operation"]
     panels = [(n, len(rows)) for n, rows in (("hops", hops), ("ops", operations), ("memory", memory)) if rows]
     figure, axes = plt.subplots(

@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import importlib.util
 import sys
 import threading
 from collections.abc import Iterable
+from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import pytest
 
 # Generous: only a deadlock ever waits this long. Ordering never relies on time.
 TIMEOUT = 10.0
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
 # CPython 3.14+ may copy the starter's context into new threads by itself.
 THREADS_INHERIT = bool(getattr(sys.flags, "thread_inherit_context", False))
@@ -71,3 +75,13 @@ def join_all(threads: Iterable[threading.Thread]) -> None:
         error = getattr(thread, "error", None)
         if error is not None:
             raise error
+
+
+def load_example(name: str) -> ModuleType:
+    """Import ``examples/<name>.py`` as a module of that name (examples are not a package)."""
+    spec = importlib.util.spec_from_file_location(name, EXAMPLES / f"{name}.py")
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

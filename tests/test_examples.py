@@ -2,24 +2,10 @@
 
 from __future__ import annotations
 
-import importlib.util
 import subprocess
 import sys
-from pathlib import Path
-from types import ModuleType
 
-from .helpers import THREADS_INHERIT
-
-EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
-
-
-def load(name: str) -> ModuleType:
-    spec = importlib.util.spec_from_file_location(name, EXAMPLES / f"{name}.py")
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from .helpers import EXAMPLES, THREADS_INHERIT, load_example
 
 
 def test_seed_server_demo() -> None:
@@ -41,7 +27,7 @@ def test_seed_server_demo() -> None:
 
 def test_seed_server_check_catches_crossed_ids() -> None:
     """The demo's check reports a line carrying another request's id, a lost id and a missing hop."""
-    seed = load("seed_server")
+    seed = load_example("seed_server")
     good = [
         f"{rid:>3}: {message:<20} [client {client}, MainThread]"
         for rid, client in ((0, "00"), (1, "01"))
@@ -73,7 +59,7 @@ def test_legacy_threads() -> None:
 
 def test_legacy_threads_check_catches_crossed_and_lost_ids() -> None:
     """The legacy example's check reports a line with another request's id, with none, and a missing one."""
-    legacy = load("legacy_threads")
+    legacy = load_example("legacy_threads")
     good = {(order, message): rid for order, rid in legacy.ORDERS.items() for message in legacy.MESSAGES}
     assert legacy.check(good) == []
     crossed = good | {("order-1", "Timer"): "req-b2"}
@@ -82,3 +68,51 @@ def test_legacy_threads_check_catches_crossed_and_lost_ids() -> None:
     assert legacy.check(crossed) == ["order-1 'Timer': expected req-a1, got req-b2"]
     assert legacy.check(lost) == ["order-2 'Thread subclass': expected req-b2, got -"]
     assert legacy.check(missing) == ["order-3 'request end': expected req-c3, got no line"]
+
+
+def test_web_apps_demo() -> None:
+    """Flask under wsgiref and Starlette under uvicorn: every line and every response carry their own id."""
+    result = subprocess.run(
+        [sys.executable, str(EXAMPLES / "web_apps.py")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "MISMATCH" not in result.stdout
+    assert "OK: every log line carries its own request's id" in result.stdout
+    assert "flask-own  HTTP 200  X-Request-ID: 7f3a9c2e4b1d8f6a0c5e2b9d4a7f1c3e" in result.stdout
+    assert "async-own  HTTP 200  X-Request-ID: edge:4b1d-77" in result.stdout
+    assert "boom-0     HTTP 500  X-Request-ID: " in result.stdout
+    assert "x" * 200 not in result.stdout
+    assert "not an id" not in result.stdout  # an invalid id is never logged or echoed
+
+
+def test_web_apps_check_catches_crossed_lost_and_kept_ids() -> None:
+    """The web example's check reports a crossed id, a missing line, an invalid id kept, and a shared id."""
+    web = load_example("web_apps")
+    requests = [("sync-a", "/sync/a", None), ("sync-b", "/sync/b", "edge-1"), ("sync-c", "/sync/c", "a b")]
+    answers = {"sync-a": (200, "id-a"), "sync-b": (200, "edge-1"), "sync-c": (200, "id-c")}
+
+    def lines(ids: dict[str, str]) -> list[str]:
+        return [f"{ids[client]:<32} {client:<10} {'sync endpoint':<22} [Thread-1]" for client in ids]
+
+    good = {"sync-a": "id-a", "sync-b": "edge-1", "sync-c": "id-c"}
+    assert web.check(lines(good), requests, answers) == []
+    crossed = lines(good) + lines({"sync-a": "id-c"})
+    assert web.check(crossed, requests, answers) == [
+        "sync-a: logged ['sync endpoint', 'sync endpoint'], expected ['sync endpoint']",
+        "sync-a: got id 'id-a' back but its lines carry ['id-a', 'id-c']",
+    ]
+    assert web.check(lines(good)[1:], requests, answers) == [
+        "sync-a: logged [], expected ['sync endpoint']",
+        "sync-a: got id 'id-a' back but its lines carry []",
+    ]
+    invalid = [*requests[:2], ("sync-c", "/sync/c", "bad!id")]
+    kept_bad = {**answers, "sync-c": (200, "bad!id")}
+    assert web.check(lines({**good, "sync-c": "bad!id"}), invalid, kept_bad) == [
+        "sync-c: sent 'bad!id' and got 'bad!id' back"
+    ]
+    shared = {**answers, "sync-c": (200, "id-a")}
+    assert "sync-a and sync-c share id id-a" in web.check(lines({**good, "sync-c": "id-a"}), requests, shared)
