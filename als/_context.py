@@ -93,7 +93,11 @@ class ContextCoroutine(collections.abc.Coroutine[Any, Any, R]):
 
     def __del__(self) -> None:
         coro = self._coro
-        if type(coro) is types.CoroutineType and inspect.getcoroutinestate(coro) == inspect.CORO_SUSPENDED:
+        if (
+            type(coro) is types.CoroutineType
+            and coro.cr_frame is not None  # None once finished or closed: the usual case, decided here
+            and inspect.getcoroutinestate(coro) == inspect.CORO_SUSPENDED
+        ):
             # Collected mid-flight (a dropped task, say): close it here, in its
             # own context, rather than later in whatever context is current.
             self._context.run(coro.close)
