@@ -116,6 +116,19 @@ class MinimalOverride(ThreadPoolExecutor):
         return super().submit(contextvars.copy_context().run, fn, *args, **kwargs)
 
 
+class MinimalThread(threading.Thread):
+    """The least a propagating subclass can do: copy in start(), run the target in the copy."""
+
+    _copy: contextvars.Context
+
+    def start(self) -> None:
+        self._copy = contextvars.copy_context()
+        super().start()
+
+    def run(self) -> None:
+        self._copy.run(super().run)
+
+
 def start_join(make: Callable[[], threading.Thread]) -> Callable[[int], None]:
     """Start and join n threads made by ``make``, in the request."""
 
@@ -386,6 +399,8 @@ def als_hops() -> list[Group]:
             [
                 Variant("threading.Thread", start_join(lambda: threading.Thread(target=noop))),
                 Variant("ContextThread", start_join(lambda: als.ContextThread(target=noop))),
+                # Reference for the floor: the least a propagating subclass can do.
+                Variant("minimal start()/run() override", start_join(lambda: MinimalThread(target=noop))),
             ],
             in_request,
             {"ContextThread": 1.02},

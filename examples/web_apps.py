@@ -100,6 +100,7 @@ wsgi_app = WSGIRequestId(flask_app, storage)
 
 class ThreadingWSGIServer(ThreadingMixIn, WSGIServer):
     daemon_threads = True
+    request_queue_size = 128  # socketserver's default of 5 drops connections in a burst
 
 
 class QuietHandler(WSGIRequestHandler):
@@ -180,7 +181,7 @@ def listening_socket() -> socket.socket:
 def serve_wsgi() -> tuple[int, Callable[[], None]]:
     """Serve ``wsgi_app`` on a thread; return its port and a function that stops it."""
     server = make_server("127.0.0.1", 0, wsgi_app, ThreadingWSGIServer, QuietHandler)
-    thread = threading.Thread(target=server.serve_forever, name="wsgi-server")
+    thread = threading.Thread(target=server.serve_forever, args=(0.05,), name="wsgi-server")
     thread.start()
 
     def stop() -> None:
