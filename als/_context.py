@@ -28,8 +28,6 @@ from typing import Any, NoReturn, ParamSpec, TypeVar, cast
 P = ParamSpec("P")
 R = TypeVar("R")
 
-_CoroutineT = collections.abc.Coroutine[Any, Any, R]
-
 
 class ContextCoroutine(collections.abc.Coroutine[Any, Any, R]):
     """A coroutine that runs each step of another one inside a given context.
@@ -64,7 +62,12 @@ class ContextCoroutine(collections.abc.Coroutine[Any, Any, R]):
             raise
 
     def __next__(self) -> Any:
-        return self.send(None)
+        # What ``await`` calls for each plain resumption: send(None), inlined.
+        try:
+            return self._context.run(self._coro.send, None)
+        except BaseException:
+            self._context = Context()
+            raise
 
     def throw(self, typ: Any, val: Any = None, tb: Any = None, /) -> Any:
         try:
@@ -87,7 +90,7 @@ class ContextCoroutine(collections.abc.Coroutine[Any, Any, R]):
     def __await__(self) -> Generator[Any, None, R]:
         # This object is its own iterator (send/throw/close/__next__), which
         # is what ``await`` and ``yield from`` delegate to.
-        return cast("Generator[Any, None, R]", self)
+        return self
 
     __iter__ = __await__  # ``yield from`` in a @types.coroutine generator
 
@@ -148,7 +151,7 @@ def in_context(context: Context, result: R) -> R:
         if len(_IS_COROUTINE) < _IS_COROUTINE_LIMIT:
             _IS_COROUTINE[kind] = is_coroutine
     if is_coroutine:
-        return cast(R, ContextCoroutine(context, cast("_CoroutineT[Any]", result)))
+        return ContextCoroutine(context, result)  # type: ignore[return-value, arg-type]
     return result
 
 

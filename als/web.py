@@ -384,11 +384,12 @@ class ASGIRequestId(_RequestId[_ASGIApp]):
             await self._app(scope, receive, send)
             return
         name = self._name
+        size = len(name)  # bytes.lower() keeps the length: most names are ruled out without it
         headers: list[tuple[bytes, bytes]] = []
         value: bytes | None = None
         count = 0
         for item in scope["headers"]:
-            if item[0].lower() == name:
+            if len(item[0]) == size and item[0].lower() == name:
                 value = item[1]
                 count += 1
             else:
@@ -438,7 +439,8 @@ class ASGIRequestId(_RequestId[_ASGIApp]):
 def _replaced(headers: Iterable[tuple[bytes, bytes]], ours: tuple[bytes, bytes]) -> list[tuple[bytes, bytes]]:
     """``headers`` without any entry named as ``ours``, then ``ours``."""
     name = ours[0]
-    kept = [item for item in headers if item[0].lower() != name]
+    size = len(name)
+    kept = [item for item in headers if len(item[0]) != size or item[0].lower() != name]
     kept.append(ours)
     return kept
 
