@@ -114,7 +114,9 @@ class _RunsInStartersContext(threading.Thread):
             context = copy_context()
         if type(self).run is not _RunsInStartersContext.run:  # a subclass overrides run()
             start_in(self, context, super().start)
-        elif self.ident is not None:  # started before: let Thread raise its own error
+        elif self._ident is not None:  # type: ignore[attr-defined]
+            # Started before: let Thread raise its own error. (``_ident`` is
+            # what the ``ident`` property returns, read without the call.)
             super().start()
         else:
             self._als_run_in = context
@@ -161,9 +163,11 @@ class ContextThread(_RunsInStartersContext):
     ) -> None:
         if target is not None and not callable(target):
             not_callable("ContextThread", "target", target)
-        _check_context("ContextThread", context)
+        if context is not None:
+            _check_context("ContextThread", context)
         super().__init__(group, target, name, args, kwargs, daemon=daemon)
-        self._als_context = context
+        if context is not None:  # else the class's None: one instance attribute fewer
+            self._als_context = context
 
 
 class ContextTimer(_RunsInStartersContext, threading.Timer):
@@ -195,9 +199,11 @@ class ContextTimer(_RunsInStartersContext, threading.Timer):
             raise TypeError(f"ContextTimer() argument 'interval' must be a number of seconds, not {kind}")
         if not callable(function):
             not_callable("ContextTimer", "function", function)
-        _check_context("ContextTimer", context)
+        if context is not None:
+            _check_context("ContextTimer", context)
         super().__init__(interval, function, args, kwargs)
-        self._als_context = context
+        if context is not None:
+            self._als_context = context
 
 
 __all__ = ["ContextThread", "ContextTimer"]

@@ -6,6 +6,7 @@ import contextvars
 import gc
 import threading
 import weakref
+from typing import Any
 
 import pytest
 
@@ -174,6 +175,31 @@ class TestContextThread:
         join_all([thread])
         with pytest.raises(RuntimeError, match="threads can only be started once"):
             thread.start()
+
+    def test_start_twice_before_run_keeps_the_first_context(self, storage: AsyncLocalStorage[object]) -> None:
+        """A second start(), made while the thread has not yet begun run(), changes nothing it sees."""
+        entering = threading.Event()
+        release = threading.Event()
+        run_code = ContextThread.run.__code__
+
+        def hold_before_run(frame: Any, event: str, arg: object) -> None:
+            if event == "call" and frame.f_code is run_code:
+                entering.set()
+                wait(release)
+
+        seen = Recorder()
+        thread = ContextThread(target=lambda: seen("thread", storage.get_store()))
+        threading.setprofile(hold_before_run)  # only threads started from now on
+        try:
+            storage.run("A", thread.start)
+        finally:
+            threading.setprofile(None)  # type: ignore[arg-type]
+        wait(entering)
+        with pytest.raises(RuntimeError, match="threads can only be started once"):
+            storage.run("B", thread.start)
+        release.set()
+        join_all([thread])
+        assert seen.as_dict() == {"thread": "A"}
 
     def test_bad_input(self) -> None:
         """A non-callable target or a non-Context context is refused at construction."""
