@@ -184,10 +184,17 @@ def _checked(cls: str, generator: Callable[[], str]) -> Callable[[], str]:
 
 
 def _floored(validator: Callable[[str], bool]) -> Callable[[str], bool]:
-    """``validator``, called only on values that pass the floor."""
+    """``validator``, called only on values that pass the floor; one that raises rejects the value."""
 
     def valid(value: str) -> bool:
-        return _SAFE_VALUE(value) is not None and bool(validator(value))
+        if _SAFE_VALUE(value) is None:
+            return False
+        try:
+            return bool(validator(value))
+        except Exception:
+            # Dropped, not raised: its message may quote the untrusted value
+            # (int()'s does), and a raised error would take it into the logs.
+            return False
 
     return valid
 
@@ -225,7 +232,8 @@ class WSGIRequestId(_RequestId[_WSGIApp]):
     used only if ``trust_incoming`` is true and it passes
     ``is_safe_header_value`` and then ``validator`` (default
     ``is_valid_request_id``; a custom one replaces it, and is called with the
-    ``str`` as WSGI delivers it). A value with a comma is how servers join a
+    ``str`` as WSGI delivers it; one that raises rejects the value, and its
+    exception, which may quote the value, is dropped). A value with a comma is how servers join a
     repeated header: it is invalid before any validator runs. An invalid
     value is replaced by ``generator()`` (default ``new_request_id``) with
     ``on_invalid="replace"``, or answered with a 400 ``text/plain`` response
@@ -268,8 +276,8 @@ class WSGIRequestId(_RequestId[_WSGIApp]):
         lower = self._lower
         ours = (self._header, request_id)
 
-        def start_response_with_id(
-            status: str, headers: list[tuple[str, str]], exc_info: _ExcInfo | None = None, /
+        def start_response_with_id(  # exc_info by keyword too, as servers accept it
+            status: str, headers: list[tuple[str, str]], exc_info: _ExcInfo | None = None
         ) -> Callable[[bytes], object]:
             headers = [item for item in headers if item[0].lower() != lower]
             headers.append(ours)
@@ -304,7 +312,17 @@ class _InContext:
     def __init__(self, context: Context, response: Iterable[bytes]) -> None:
         self._context = context
         self._response = response
-        self._iterator = context.run(iter, response)
+        try:
+            self._iterator = context.run(iter, response)
+        except BaseException:
+            # The server never gets the response, so it cannot close it: close it here.
+            close = getattr(response, "close", None)
+            if close is not None:
+                try:
+                    context.run(close)
+                except Exception:  # the iter() error is the one to report
+                    pass
+            raise
 
     def __iter__(self) -> Iterator[bytes]:
         return self
@@ -347,8 +365,9 @@ class ASGIRequestId(_RequestId[_ASGIApp]):
     WSGI would give), is used only if ``trust_incoming`` is true and it
     passes ``is_safe_header_value``, has no comma (a joined repeat), and
     passes ``validator`` (default ``is_valid_request_id``; a custom one
-    replaces it). More than one entry, even with equal values, is invalid. An
-    invalid value is replaced by ``generator()`` with ``on_invalid="replace"``;
+    replaces it; one that raises rejects the value). More than one entry,
+    even with equal values, is invalid. An invalid value is replaced by
+    ``generator()`` with ``on_invalid="replace"``;
     with ``"reject"`` the app is not called and the middleware answers a 400
     ``text/plain`` response carrying a new id, or, for a websocket, refuses
     the handshake: with that 400 if the server offers the
@@ -366,7 +385,9 @@ class ASGIRequestId(_RequestId[_ASGIApp]):
     so the 500 carries the id. If the app raises in an http scope before it
     started a response, the middleware sends a plain 500 with the id itself,
     then re-raises the same exception, for the server to log; once a
-    response has started, it only re-raises.
+    response has started, it only re-raises. The middleware's own 500 and
+    400 are sent with their id as the store, as the app's responses are, so
+    a server that logs inside ``send`` (uvicorn's access log) shows it.
 
     Raises:
         TypeError: at construction, an argument of the wrong type; in a
@@ -396,7 +417,10 @@ class ASGIRequestId(_RequestId[_ASGIApp]):
                 headers.append(item)
         request_id = self._request_id(None if value is None else value.decode("latin-1"), count > 1)
         if request_id is None:
-            await self._bad_request(scope, receive, send)
+            # Under the new id too, like every response the middleware sees:
+            # a server that logs in send() (uvicorn's access log) shows it.
+            refused = self._generate()
+            await self._storage.run(refused, self._bad_request, scope, receive, send, refused)
             return
         ours = (name, request_id.encode("ascii"))
         headers.append(ours)
@@ -405,8 +429,8 @@ class ASGIRequestId(_RequestId[_ASGIApp]):
         async def send_with_id(message: _Message) -> None:
             nonlocal started
             if message["type"] in _STARTS:
-                started = True
                 message = {**message, "headers": _replaced(message.get("headers", ()), ours)}
+                started = True  # not before: headers we cannot read leave the 500 to us
             await send(message)
 
         try:
@@ -416,13 +440,13 @@ class ASGIRequestId(_RequestId[_ASGIApp]):
         except Exception:
             if kind == "http" and not started:
                 try:
-                    await _respond(send, 500, b"Internal Server Error\n", ours)
+                    await self._storage.run(request_id, _respond, send, 500, b"Internal Server Error\n", ours)
                 except Exception:
                     pass  # the app's exception is the one to report
             raise
 
-    async def _bad_request(self, scope: _Scope, receive: _Receive, send: _Send) -> None:
-        ours = (self._name, self._generate().encode("ascii"))
+    async def _bad_request(self, scope: _Scope, receive: _Receive, send: _Send, request_id: str) -> None:
+        ours = (self._name, request_id.encode("ascii"))
         body = f"Bad Request: invalid {self._header} header\n".encode("ascii")
         if scope["type"] == "http":
             await _respond(send, 400, body, ours)

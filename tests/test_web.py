@@ -1321,3 +1321,180 @@ class TestHostileHeaders:
         assert_nowhere(raw, [f"{k.decode('latin-1')}: {v.decode('latin-1')}" for k, v in start["headers"]])
         assert_nowhere(raw, [channel.body().decode("latin-1")], lines=False)
         assert_nowhere(raw, [r.getMessage() for r in captured.records])
+
+
+# --- What the middleware sends itself, and awkward apps -------------------------------------------
+
+
+def raising_validator(value: str) -> bool:
+    """A validator with a bug: int() raises, quoting the value in its message."""
+    return int(value, 16) >= 0
+
+
+@pytest.mark.anyio
+class TestASGIOwnResponses:
+    async def test_own_500_is_sent_under_the_id(self, storage: AsyncLocalStorage[object]) -> None:
+        """The middleware's 500 is sent in the request's context: a server that logs in send() (uvicorn's
+        access log) sees the id it carries."""
+
+        async def app(scope: Any, receive: Any, send: Any) -> None:
+            raise RuntimeError("app failed")
+
+        channel = Channel(storage)
+        with pytest.raises(RuntimeError):
+            await ASGIRequestId(app, storage)(
+                http_scope((NAME, UUID.encode())), channel.receive, channel.send
+            )
+        assert channel.seen == [("send http.response.start", UUID), ("send http.response.body", UUID)]
+
+    async def test_reject_400_is_sent_under_its_new_id(self, storage: AsyncLocalStorage[object]) -> None:
+        """The 400 of on_invalid="reject" is sent with the new id it carries as the store."""
+        channel = Channel(storage)
+        await ASGIRequestId(asgi_hello(storage), storage, on_invalid="reject", generator=lambda: "new-1")(
+            http_scope((NAME, b"bad id")), channel.receive, channel.send
+        )
+        [start] = channel.starts()
+        assert (start["status"], values(start["headers"], NAME)) == (400, [b"new-1"])
+        assert channel.seen == [("send http.response.start", "new-1"), ("send http.response.body", "new-1")]
+
+    async def test_configured_header_name_in_and_out(self, storage: AsyncLocalStorage[object]) -> None:
+        """header="X-Correlation-ID": read from that header, echoed under it (lower case), and the 400 of
+        reject carries it; X-Request-ID is then just another header, passed on untouched."""
+        name = b"x-correlation-id"
+        seen: list[tuple[Any, object]] = []
+        middleware = ASGIRequestId(asgi_hello(storage, seen), storage, header="X-Correlation-ID")
+        channel = Channel(storage)
+        await middleware(
+            http_scope((b"X-Correlation-ID", NGINX.encode()), (NAME, b"other")), channel.receive, channel.send
+        )
+        [start] = channel.starts()
+        assert values(start["headers"], name) == [NGINX.encode()]
+        assert values(start["headers"], NAME) == []
+        [(scope, store)] = seen
+        assert store == NGINX
+        assert values(scope["headers"], name) == [NGINX.encode()]
+        assert values(scope["headers"], NAME) == [b"other"]
+
+        rejecting = ASGIRequestId(
+            asgi_hello(storage), storage, header="X-Correlation-ID", on_invalid="reject"
+        )
+        channel = Channel(storage)
+        await rejecting(http_scope((name, b"bad id")), channel.receive, channel.send)
+        [start] = channel.starts()
+        assert start["status"] == 400
+        assert len(values(start["headers"], name)) == 1
+        assert values(start["headers"], NAME) == []
+
+    async def test_app_sent_websocket_denial_carries_the_id(self, storage: AsyncLocalStorage[object]) -> None:
+        """An app that denies a websocket handshake with websocket.http.response.start: the id replaces
+        the one it set."""
+
+        async def app(scope: Any, receive: Any, send: Any) -> None:
+            await receive()
+            headers = [(b"x-request-id", b"app-made"), (b"content-type", b"text/plain")]
+            await send({"type": "websocket.http.response.start", "status": 403, "headers": headers})
+            await send({"type": "websocket.http.response.body", "body": b"no"})
+
+        channel = Channel(storage, {"type": "websocket.connect"})
+        scope = http_scope(
+            (NAME, UUID.encode()), kind="websocket", extensions={"websocket.http.response": {}}
+        )
+        await ASGIRequestId(app, storage)(scope, channel.receive, channel.send)
+        [start] = channel.starts()
+        assert (start["status"], values(start["headers"], NAME)) == (403, [UUID.encode()])
+
+    async def test_unreadable_start_headers_leave_the_500_to_the_middleware(
+        self, storage: AsyncLocalStorage[object]
+    ) -> None:
+        """A start message whose headers cannot be read fails in the app's send(); nothing has been
+        sent, so the middleware still sends its 500 with the id, and re-raises."""
+
+        async def app(scope: Any, receive: Any, send: Any) -> None:
+            await send({"type": "http.response.start", "status": 200, "headers": None})
+
+        channel = Channel(storage)
+        with pytest.raises(TypeError):
+            await ASGIRequestId(app, storage)(
+                http_scope((NAME, UUID.encode())), channel.receive, channel.send
+            )
+        [start] = channel.starts()
+        assert (start["status"], values(start["headers"], NAME)) == (500, [UUID.encode()])
+
+
+class TestValidatorThatRaises:
+    @pytest.mark.parametrize("middleware", MIDDLEWARES)
+    def test_raising_validator_rejects_the_value(
+        self, middleware: type[Any], storage: AsyncLocalStorage[object]
+    ) -> None:
+        """A validator that raises rejects the value: replaced (or answered 400 under reject), and its
+        exception, whose message quotes the value, never escapes."""
+        raw = "not-hex-but-safe"
+        for on_invalid, status in (("replace", 200), ("reject", 400)):
+            if middleware is WSGIRequestId:
+                app: Any = WSGIRequestId(
+                    hello_app(storage), storage, validator=raising_validator, on_invalid=on_invalid
+                )
+                start_response, _ = serve(app, make_environ(raw))
+                code, ids = int(start_response.status[:3]), values(start_response.headers, "X-Request-ID")
+            else:
+                channel = Channel(storage)
+                app = ASGIRequestId(
+                    asgi_hello(storage), storage, validator=raising_validator, on_invalid=on_invalid
+                )
+                _run_asgi(app, http_scope((NAME, raw.encode())), channel)
+                [start] = channel.starts()
+                code, ids = start["status"], [value.decode() for value in values(start["headers"], NAME)]
+            assert code == status
+            [request_id] = ids
+            assert request_id != raw
+            assert is_valid_request_id(request_id)
+        assert middleware(hello_app(storage), storage, validator=raising_validator)._valid("ff") is True
+
+
+class TestWSGIAwkwardApps:
+    def test_iter_raising_closes_the_response(self, storage: AsyncLocalStorage[object]) -> None:
+        """A response whose iter() raises never reaches the server, so the middleware closes it (under the
+        id) before the error propagates."""
+        closed: list[object] = []
+        error = RuntimeError("iter failed")
+
+        class Body:
+            def __iter__(self) -> Iterator[bytes]:
+                raise error
+
+            def close(self) -> None:
+                closed.append(storage.get_store())
+
+        def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
+            start_response("200 OK", [])
+            return Body()
+
+        with pytest.raises(RuntimeError) as info:
+            WSGIRequestId(app, storage)(make_environ(UUID), StartResponse())
+        assert info.value is error
+        assert closed == [UUID]
+
+    def test_exc_info_by_keyword(self, storage: AsyncLocalStorage[object]) -> None:
+        """start_response(status, headers, exc_info=...) works, as servers accept it, and carries the id."""
+
+        def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+            start_response("200 OK", [])
+            try:
+                raise ValueError("late failure")
+            except ValueError:
+                start_response("500 Internal Server Error", [], exc_info=sys.exc_info())
+            return [b"failed"]
+
+        start_response, body = serve(WSGIRequestId(app, storage), make_environ(UUID))
+        assert start_response.status.startswith("500")
+        assert values(start_response.headers, "X-Request-ID") == [UUID]
+        assert start_response.calls[-1][2][0] is ValueError
+        assert body == b"failed"
+
+    def test_reject_400_under_configured_header_name(self, storage: AsyncLocalStorage[object]) -> None:
+        """The 400 of reject carries the configured header name, and only that one."""
+        app = WSGIRequestId(hello_app(storage), storage, header="X-Correlation-ID", on_invalid="reject")
+        start_response, _ = serve(app, make_environ(HTTP_X_CORRELATION_ID="bad id"))
+        assert start_response.status.startswith("400")
+        assert len(values(start_response.headers, "X-Correlation-ID")) == 1
+        assert values(start_response.headers, "X-Request-ID") == []
