@@ -154,6 +154,10 @@ class Channel:
         self.seen.append((f"send {message['type']}", self.storage.get_store()))
         self.sent.append(message)
 
+    async def serve(self, app: Callable[..., Any], scope: dict[str, Any]) -> None:
+        """Run ``app`` (an ASGI app or middleware) on ``scope`` over this channel."""
+        await app(scope, self.receive, self.send)
+
     def starts(self) -> list[dict[str, Any]]:
         return [m for m in self.sent if m["type"].endswith(("response.start", ".accept"))]
 
@@ -728,8 +732,8 @@ class TestASGIIncoming:
         """A valid id is the store in the app and at every receive and send; the app's scope carries it."""
         seen: list[tuple[Any, object]] = []
         channel = Channel(storage)
-        await ASGIRequestId(asgi_hello(storage, seen), storage)(
-            http_scope((NAME, incoming.encode())), channel.receive, channel.send
+        await channel.serve(
+            ASGIRequestId(asgi_hello(storage, seen), storage), http_scope((NAME, incoming.encode()))
         )
         [(scope, stored)] = seen
         assert stored == incoming
@@ -747,7 +751,7 @@ class TestASGIIncoming:
         """Without the header, a new default id is stored, added to the app's scope and echoed."""
         seen: list[tuple[Any, object]] = []
         channel = Channel(storage)
-        await ASGIRequestId(asgi_hello(storage, seen), storage)(http_scope(), channel.receive, channel.send)
+        await channel.serve(ASGIRequestId(asgi_hello(storage, seen), storage), http_scope())
         [(scope, stored)] = seen
         assert isinstance(stored, str)
         assert is_valid_request_id(stored)
@@ -763,7 +767,7 @@ class TestASGIIncoming:
         server_headers = server_scope["headers"]
         before = {**server_scope, "headers": list(server_headers)}
         middleware = ASGIRequestId(asgi_hello(storage, seen), storage, generator=counting_generator())
-        await middleware(server_scope, channel.receive, channel.send)
+        await channel.serve(middleware, server_scope)
         assert server_scope == before
         assert server_scope["headers"] is server_headers
         [(scope, _)] = seen
@@ -782,8 +786,9 @@ class TestASGIIncoming:
         """A server that does not lowercase names: X-Request-ID is still found, and replaced by one entry."""
         seen: list[tuple[Any, object]] = []
         channel = Channel(storage)
-        await ASGIRequestId(asgi_hello(storage, seen), storage, header="X-Request-ID")(
-            http_scope((b"X-Request-ID", NGINX.encode())), channel.receive, channel.send
+        await channel.serve(
+            ASGIRequestId(asgi_hello(storage, seen), storage, header="X-Request-ID"),
+            http_scope((b"X-Request-ID", NGINX.encode())),
         )
         [(scope, stored)] = seen
         assert stored == NGINX
@@ -797,7 +802,7 @@ class TestASGIIncoming:
         middleware = ASGIRequestId(
             asgi_hello(storage, seen), storage, trust_incoming=False, generator=counting_generator()
         )
-        await middleware(http_scope((NAME, UUID.encode())), channel.receive, channel.send)
+        await channel.serve(middleware, http_scope((NAME, UUID.encode())))
         [(scope, stored)] = seen
         assert stored == "gen-1"
         assert values(scope["headers"], NAME) == [b"gen-1"]
@@ -813,8 +818,8 @@ class TestASGIIncoming:
 
         seen: list[tuple[Any, object]] = []
         channel = Channel(storage)
-        await ASGIRequestId(asgi_hello(storage, seen), storage, validator=record)(
-            http_scope((NAME, b"a b~c")), channel.receive, channel.send
+        await channel.serve(
+            ASGIRequestId(asgi_hello(storage, seen), storage, validator=record), http_scope((NAME, b"a b~c"))
         )
         assert calls == ["a b~c"]
         assert seen[0][1] == "a b~c"
@@ -830,7 +835,7 @@ class TestASGIIncoming:
         middleware = ASGIRequestId(
             asgi_hello(storage, seen), storage, on_invalid=on_invalid, generator=counting_generator()
         )
-        await middleware(http_scope((NAME, UUID.encode()), (NAME, second)), channel.receive, channel.send)
+        await channel.serve(middleware, http_scope((NAME, UUID.encode()), (NAME, second)))
         [start] = channel.starts()
         assert values(start["headers"], NAME) == [b"gen-1"]
         if on_invalid == "replace":
@@ -853,7 +858,7 @@ class TestASGIResponse:
             await send({"type": "http.response.body", "body": b""})
 
         channel = Channel(storage)
-        await ASGIRequestId(app, storage)(http_scope((NAME, UUID.encode())), channel.receive, channel.send)
+        await channel.serve(ASGIRequestId(app, storage), http_scope((NAME, UUID.encode())))
         [start] = channel.starts()
         assert start["headers"] == [(b"content-type", b"text/plain"), (NAME, UUID.encode())]
         assert start["status"] == 200
@@ -868,7 +873,7 @@ class TestASGIResponse:
             await send({"type": "http.response.body", "body": b""})
 
         channel = Channel(storage)
-        await ASGIRequestId(app, storage)(http_scope((NAME, UUID.encode())), channel.receive, channel.send)
+        await channel.serve(ASGIRequestId(app, storage), http_scope((NAME, UUID.encode())))
         assert channel.starts() == [
             {"type": "http.response.start", "status": 204, "headers": [(NAME, UUID.encode())]}
         ]
@@ -886,7 +891,7 @@ class TestASGIResponse:
             await send({"type": "lifespan.startup.complete"})
 
         scope = {"type": "lifespan", "asgi": {"version": "3.0"}}
-        await ASGIRequestId(app, storage)(scope, channel.receive, channel.send)
+        await channel.serve(ASGIRequestId(app, storage), scope)
         assert seen[0][0] is scope
         assert seen[0][1] is None
         assert seen[1][0] == (channel.receive, channel.send)
@@ -908,7 +913,7 @@ class TestASGIResponse:
             await receive()
 
         scope = http_scope((NAME, UUID.encode()), kind="websocket", scheme="ws")
-        await ASGIRequestId(app, storage)(scope, channel.receive, channel.send)
+        await channel.serve(ASGIRequestId(app, storage), scope)
         assert seen[0][1] == UUID
         assert values(seen[0][0]["headers"], NAME) == [UUID.encode()]
         assert channel.sent[0] == {"type": "websocket.accept", "headers": [(NAME, UUID.encode())]}
@@ -923,7 +928,7 @@ class TestASGIResponse:
             await receive()
             await send({"type": "websocket.accept", "subprotocol": None})
 
-        await ASGIRequestId(app, storage)(http_scope(kind="websocket"), channel.receive, channel.send)
+        await channel.serve(ASGIRequestId(app, storage), http_scope(kind="websocket"))
         [accept] = channel.sent
         assert accept["subprotocol"] is None
         [echoed] = values(accept["headers"], NAME)
@@ -935,7 +940,7 @@ class TestASGIResponse:
         seen: list[tuple[Any, object]] = []
         channel = Channel(storage, {"type": "websocket.connect"})
         middleware = ASGIRequestId(asgi_hello(storage, seen), storage, on_invalid="reject")
-        await middleware(http_scope((NAME, b"bad id"), kind="websocket"), channel.receive, channel.send)
+        await channel.serve(middleware, http_scope((NAME, b"bad id"), kind="websocket"))
         assert seen == []
         assert channel.events == []
         assert channel.sent == [{"type": "websocket.close", "code": 1008}]
@@ -949,7 +954,7 @@ class TestASGIResponse:
             asgi_hello(storage), storage, on_invalid="reject", generator=counting_generator()
         )
         scope = http_scope((NAME, b"bad id"), kind="websocket", extensions={"websocket.http.response": {}})
-        await middleware(scope, channel.receive, channel.send)
+        await channel.serve(middleware, scope)
         [start, body] = channel.sent
         assert start["type"] == "websocket.http.response.start"
         assert start["status"] == 400
@@ -964,8 +969,9 @@ class TestASGIResponse:
     ) -> None:
         """A client gone before the handshake: nothing to refuse, nothing sent."""
         channel = Channel(storage, {"type": "websocket.disconnect", "code": 1006})
-        await ASGIRequestId(asgi_hello(storage), storage, on_invalid="reject")(
-            http_scope((NAME, b"bad id"), kind="websocket"), channel.receive, channel.send
+        await channel.serve(
+            ASGIRequestId(asgi_hello(storage), storage, on_invalid="reject"),
+            http_scope((NAME, b"bad id"), kind="websocket"),
         )
         assert channel.sent == []
 
@@ -974,7 +980,7 @@ class TestASGIResponse:
         seen: list[tuple[Any, object]] = []
         channel = Channel(storage)
         middleware = ASGIRequestId(asgi_hello(storage, seen), storage, on_invalid="reject")
-        await middleware(http_scope((NAME, b"bad id")), channel.receive, channel.send)
+        await channel.serve(middleware, http_scope((NAME, b"bad id")))
         assert seen == []
         [start] = channel.starts()
         assert start["status"] == 400
@@ -990,7 +996,7 @@ class TestASGIResponse:
         middleware = ASGIRequestId(
             asgi_hello(storage, seen), storage, on_invalid="reject", generator=counting_generator()
         )
-        await middleware(http_scope(), channel.receive, channel.send)
+        await channel.serve(middleware, http_scope())
         assert seen[0][1] == "gen-1"
         assert channel.starts()[0]["status"] == 200
 
@@ -1010,9 +1016,7 @@ class TestASGIErrors:
 
         channel = Channel(storage)
         with pytest.raises(RuntimeError) as info:
-            await ASGIRequestId(app, storage)(
-                http_scope((NAME, UUID.encode())), channel.receive, channel.send
-            )
+            await channel.serve(ASGIRequestId(app, storage), http_scope((NAME, UUID.encode())))
         assert info.value is error
         [start] = channel.starts()
         assert start["status"] == 500
@@ -1030,9 +1034,7 @@ class TestASGIErrors:
 
         channel = Channel(storage)
         with pytest.raises(RuntimeError) as info:
-            await ASGIRequestId(app, storage)(
-                http_scope((NAME, UUID.encode())), channel.receive, channel.send
-            )
+            await channel.serve(ASGIRequestId(app, storage), http_scope((NAME, UUID.encode())))
         assert info.value is error
         assert [m["status"] for m in channel.starts()] == [200]
         assert len(channel.sent) == 1
@@ -1063,8 +1065,8 @@ class TestASGIErrors:
 
         channel = Channel(storage)
         with pytest.raises(ValueError, match="handler failed") as info:
-            await ASGIRequestId(server_error_middleware, storage)(
-                http_scope((NAME, NGINX.encode())), channel.receive, channel.send
+            await channel.serve(
+                ASGIRequestId(server_error_middleware, storage), http_scope((NAME, NGINX.encode()))
             )
         assert info.value is error
         [start] = channel.starts()
@@ -1096,7 +1098,7 @@ class TestASGIErrors:
 
         channel = Channel(storage, {"type": "websocket.connect"})
         with pytest.raises(RuntimeError) as info:
-            await ASGIRequestId(app, storage)(http_scope(kind="websocket"), channel.receive, channel.send)
+            await channel.serve(ASGIRequestId(app, storage), http_scope(kind="websocket"))
         assert info.value is error
         assert channel.sent == []
 
@@ -1160,9 +1162,7 @@ class TestASGIConcurrency:
 
         async def server() -> None:
             channel = Channel(storage)
-            await ASGIRequestId(app, storage)(
-                http_scope((NAME, UUID.encode())), channel.receive, channel.send
-            )
+            await channel.serve(ASGIRequestId(app, storage), http_scope((NAME, UUID.encode())))
             recorder("server after", storage.get_store())
 
         await storage.run("the server's own", server)
@@ -1304,7 +1304,7 @@ class TestHostileHeaders:
 
         channel = Channel(storage)
         middleware = ASGIRequestId(app, storage, on_invalid=on_invalid, generator=counting_generator())
-        await middleware(http_scope((NAME, wire)), channel.receive, channel.send)
+        await channel.serve(middleware, http_scope((NAME, wire)))
         [start] = channel.starts()
         assert values(start["headers"], NAME) == [b"gen-1"]
         if on_invalid == "replace":
@@ -1342,16 +1342,15 @@ class TestASGIOwnResponses:
 
         channel = Channel(storage)
         with pytest.raises(RuntimeError):
-            await ASGIRequestId(app, storage)(
-                http_scope((NAME, UUID.encode())), channel.receive, channel.send
-            )
+            await channel.serve(ASGIRequestId(app, storage), http_scope((NAME, UUID.encode())))
         assert channel.seen == [("send http.response.start", UUID), ("send http.response.body", UUID)]
 
     async def test_reject_400_is_sent_under_its_new_id(self, storage: AsyncLocalStorage[object]) -> None:
         """The 400 of on_invalid="reject" is sent with the new id it carries as the store."""
         channel = Channel(storage)
-        await ASGIRequestId(asgi_hello(storage), storage, on_invalid="reject", generator=lambda: "new-1")(
-            http_scope((NAME, b"bad id")), channel.receive, channel.send
+        await channel.serve(
+            ASGIRequestId(asgi_hello(storage), storage, on_invalid="reject", generator=lambda: "new-1"),
+            http_scope((NAME, b"bad id")),
         )
         [start] = channel.starts()
         assert (start["status"], values(start["headers"], NAME)) == (400, [b"new-1"])
@@ -1364,9 +1363,7 @@ class TestASGIOwnResponses:
         seen: list[tuple[Any, object]] = []
         middleware = ASGIRequestId(asgi_hello(storage, seen), storage, header="X-Correlation-ID")
         channel = Channel(storage)
-        await middleware(
-            http_scope((b"X-Correlation-ID", NGINX.encode()), (NAME, b"other")), channel.receive, channel.send
-        )
+        await channel.serve(middleware, http_scope((b"X-Correlation-ID", NGINX.encode()), (NAME, b"other")))
         [start] = channel.starts()
         assert values(start["headers"], name) == [NGINX.encode()]
         assert values(start["headers"], NAME) == []
@@ -1379,7 +1376,7 @@ class TestASGIOwnResponses:
             asgi_hello(storage), storage, header="X-Correlation-ID", on_invalid="reject"
         )
         channel = Channel(storage)
-        await rejecting(http_scope((name, b"bad id")), channel.receive, channel.send)
+        await channel.serve(rejecting, http_scope((name, b"bad id")))
         [start] = channel.starts()
         assert start["status"] == 400
         assert len(values(start["headers"], name)) == 1
@@ -1399,7 +1396,7 @@ class TestASGIOwnResponses:
         scope = http_scope(
             (NAME, UUID.encode()), kind="websocket", extensions={"websocket.http.response": {}}
         )
-        await ASGIRequestId(app, storage)(scope, channel.receive, channel.send)
+        await channel.serve(ASGIRequestId(app, storage), scope)
         [start] = channel.starts()
         assert (start["status"], values(start["headers"], NAME)) == (403, [UUID.encode()])
 
@@ -1414,9 +1411,7 @@ class TestASGIOwnResponses:
 
         channel = Channel(storage)
         with pytest.raises(TypeError):
-            await ASGIRequestId(app, storage)(
-                http_scope((NAME, UUID.encode())), channel.receive, channel.send
-            )
+            await channel.serve(ASGIRequestId(app, storage), http_scope((NAME, UUID.encode())))
         [start] = channel.starts()
         assert (start["status"], values(start["headers"], NAME)) == (500, [UUID.encode()])
 
