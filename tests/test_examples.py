@@ -8,16 +8,22 @@ import sys
 from .helpers import EXAMPLES, THREADS_INHERIT, load_example
 
 
-def test_seed_server_demo() -> None:
-    """The seed demo serves 20 concurrent requests and finds every line carrying its own id."""
+def run_example(name: str, *args: str) -> subprocess.CompletedProcess[str]:
+    """Run ``examples/<name>.py`` as a user would; it must exit 0."""
     result = subprocess.run(
-        [sys.executable, str(EXAMPLES / "seed_server.py"), "--demo"],
+        [sys.executable, str(EXAMPLES / f"{name}.py"), *args],
         capture_output=True,
         text=True,
         timeout=120,
         check=False,
     )
     assert result.returncode == 0, result.stdout + result.stderr
+    return result
+
+
+def test_seed_server_demo() -> None:
+    """The seed demo serves 20 concurrent requests and finds every line carrying its own id."""
+    result = run_example("seed_server", "--demo")
     assert "OK: 20 requests, 80 log lines" in result.stdout
     assert "MISMATCH" not in result.stdout
     lines = [line for line in result.stdout.splitlines() if "[client " in line]
@@ -44,14 +50,7 @@ def test_seed_server_check_catches_crossed_ids() -> None:
 
 def test_legacy_threads() -> None:
     """Unpatched, the legacy module loses ids; after als.patch(), every line carries its own."""
-    result = subprocess.run(
-        [sys.executable, str(EXAMPLES / "legacy_threads.py")],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    assert result.returncode == 0, result.stdout + result.stderr
+    result = run_example("legacy_threads")
     if not THREADS_INHERIT:  # 3.14's thread_inherit_context keeps some of them
         assert "without the patch: 28 of 36 lines lost their request id" in result.stdout
     assert "with the patch: all 36 lines carry their own request's id" in result.stdout
@@ -72,14 +71,7 @@ def test_legacy_threads_check_catches_crossed_and_lost_ids() -> None:
 
 def test_web_apps_demo() -> None:
     """Flask under wsgiref and Starlette under uvicorn: every line and every response carry their own id."""
-    result = subprocess.run(
-        [sys.executable, str(EXAMPLES / "web_apps.py")],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    assert result.returncode == 0, result.stdout + result.stderr
+    result = run_example("web_apps")
     assert "MISMATCH" not in result.stdout
     assert "OK: every log line carries its own request's id" in result.stdout
     assert "flask-own  HTTP 200  X-Request-ID: 7f3a9c2e4b1d8f6a0c5e2b9d4a7f1c3e" in result.stdout
