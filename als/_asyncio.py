@@ -60,7 +60,7 @@ def run_in_executor(
         call: Callable[[], R] = functools.partial(fn, *args, **kwargs)
         return loop.run_in_executor(executor, call)
     call = functools.partial(copy_context().run, fn, *args, **kwargs)
-    if _threads._INTERPRETER_COPIES:
+    if _threads.INHERITS:
         # New threads inherit their starter's context, and the executor may
         # start a worker inside submit(): start it empty.
         return Context().run(loop.run_in_executor, executor, call)

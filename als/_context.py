@@ -240,7 +240,7 @@ class BoundFunction:
         self._captured = captured
         functools.update_wrapper(self, fn)
 
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+    def __call__(self, /, *args: Any, **kwargs: Any) -> Any:
         context = self._captured.copy()
         return in_context(context, context.run(self._fn, *args, **kwargs))
 

@@ -18,12 +18,10 @@ Invariants:
   So a worker started while request A submits is never pinned to A.
 * Futures handed back are the executor's own futures, not proxies, so
   ``wait``/``as_completed``/``cancel``/``shutdown(cancel_futures=True)`` see
-  one future. ``adopt`` gives each one a list of pending callbacks that binds
-  every callback to a copy of its registrant's context, so a done callback
-  runs in that copy whichever thread completes the future; the copy is
-  dropped once it has run. (Re-classing the future would do the same, but
-  costs a materialized instance dict per future on 3.11+; it is kept only as
-  the fallback for a ``Future`` without that list.)
+  one future. ``adopt`` re-classes each one as a ``ContextFuture`` (same
+  layout, no new attributes), whose ``add_done_callback`` binds every
+  callback to a copy of its registrant's context, also when the future is
+  already done; the copy is dropped once the callback has run.
 """
 
 from __future__ import annotations
@@ -59,23 +57,6 @@ class _CallbackInContext:
             context.run(fn, future)
 
 
-class _CallbacksInContext(list):  # type: ignore[type-arg]
-    """A future's list of pending done callbacks that binds each one to its registrant's context.
-
-    ``Future.add_done_callback`` appends a callback to ``_done_callbacks``
-    while the future is pending (and calls it at once, in the caller's thread
-    and context, once the future is done); ``_invoke_callbacks`` calls them
-    in turn from the thread that completes the future.
-    """
-
-    __slots__ = ()
-
-    def append(self, fn: Callable[[Any], object]) -> None:
-        if not callable(fn):
-            not_callable("add_done_callback", "fn", fn)
-        super().append(_CallbackInContext(fn))
-
-
 class ContextFuture(Future[R]):
     """A ``concurrent.futures.Future`` whose done callbacks keep their registrant's context.
 
@@ -86,7 +67,8 @@ class ContextFuture(Future[R]):
     of your own; als's executors give their plain futures the same callbacks
     without changing their class.
 
-    Changed in 0.2: als's executors no longer return instances of this class.
+    als's executors hand back their executor's own futures re-classed as this
+    class (or as its counterpart for a ``Future`` subclass).
     """
 
     __slots__ = ()
@@ -101,26 +83,6 @@ class ContextFuture(Future[R]):
             not_callable("add_done_callback", "fn", fn)
         super().add_done_callback(_CallbackInContext(fn))
 
-
-def _can_swap_callbacks() -> bool:
-    """Whether ``Future`` keeps pending callbacks in a list that ``add_done_callback`` appends to.
-
-    True on every CPython this supports. Checked once, on a probe future, so
-    that a change in a later CPython degrades to re-classing futures rather
-    than to callbacks that run in the wrong context.
-    """
-    probe: Future[None] = Future()
-    if type(probe.__dict__.get("_done_callbacks")) is not list:
-        return False
-    probe._done_callbacks = callbacks = _CallbacksInContext()  # type: ignore[attr-defined]
-    called: list[Future[None]] = []
-    probe.add_done_callback(called.append)
-    wrapped = [type(fn) for fn in callbacks] == [_CallbackInContext]
-    probe.set_result(None)
-    return wrapped and called == [probe]
-
-
-SWAP_CALLBACKS = _can_swap_callbacks()
 
 _future_classes: dict[type, type | None] = {}
 _future_classes_lock = ForkSafeLock()
@@ -148,20 +110,12 @@ def _context_future_class(cls: type) -> type | None:
 def adopt(future: Future[R]) -> Future[R]:
     """Make ``future``'s done callbacks run in their registrant's context, in place.
 
-    The future stays the same object of the same class: its list of pending
-    callbacks is replaced by one that binds each callback to the context of
-    the code that registers it (re-classing the future instead, where a
-    future keeps no such list). Never raises: the task is already submitted,
-    so anything that cannot be adopted (not a ``Future``, an incompatible
-    subclass) comes back as is.
+    The future stays the same object, re-classed as ``ContextFuture`` (or a
+    ``ContextFuture`` counterpart of its own ``Future`` subclass), so that
+    ``add_done_callback`` binds each callback, pending or already done.
+    Never raises: the task is already submitted, so anything that cannot be
+    adopted (not a ``Future``, an incompatible subclass) comes back as is.
     """
-    if SWAP_CALLBACKS:
-        # Swapped before anyone else sees the future, so the list is still
-        # empty unless the executor itself registered callbacks: keep those.
-        callbacks = getattr(future, "_done_callbacks", None)
-        if type(callbacks) is list:
-            future._done_callbacks = _CallbacksInContext(callbacks)  # type: ignore[attr-defined]
-        return future
     cls = type(future)
     if cls is Future:
         future.__class__ = ContextFuture
@@ -187,7 +141,7 @@ class RunInCopy:
         self._context = context
         self._fn = fn
 
-    def __call__(self, *args: Any) -> Any:  # map() passes positional arguments only
+    def __call__(self, /, *args: Any) -> Any:  # map() passes positional arguments only
         return self._context.copy().run(self._fn, *args)
 
 
@@ -226,15 +180,13 @@ class ContextThreadPoolExecutor(ThreadPoolExecutor):
     is pending.
     """
 
-    # The submit() that super().submit() would find, resolved once per class
-    # rather than through a super object and a bound method on every call.
-    _next_submit: Any = staticmethod(ThreadPoolExecutor.submit)
+    if _threads.INHERITS:
 
-    def __init_subclass__(cls, **kwargs: Any) -> None:
-        super().__init_subclass__(**kwargs)
-        after = cls.__mro__[cls.__mro__.index(ContextThreadPoolExecutor) + 1 :]
-        following = next(klass.__dict__["submit"] for klass in after if "submit" in klass.__dict__)
-        cls._next_submit = staticmethod(following)
+        def _adjust_thread_count(self) -> None:
+            # New threads inherit their starter's context here, and workers
+            # start lazily in submit(), under the caller's request: start them
+            # in an empty context instead, never pinned to that request.
+            Context().run(super()._adjust_thread_count)
 
     def submit(self, fn: Callable[P, R], /, *args: P.args, **kwargs: P.kwargs) -> Future[R]:
         """Run ``fn(*args, **kwargs)`` on a worker, in a copy of the caller's context.
@@ -243,21 +195,12 @@ class ContextThreadPoolExecutor(ThreadPoolExecutor):
             TypeError: ``fn`` is not callable (here, not in the worker).
             RuntimeError: the executor is shut down (as ``ThreadPoolExecutor``).
         """
-        submit: Callable[..., Future[R]] = self._next_submit
-        if _threads._INTERPRETER_COPIES:
-            # New threads inherit their starter's context (3.14's flag), and
-            # ThreadPoolExecutor starts its workers lazily, inside submit():
-            # start them empty, never pinned to this caller's request.
-            submit = functools.partial(Context().run, submit)
+        submit: Callable[..., Future[R]] = super().submit  # looked up per call: wrappers added later count
         if type(fn) is RunInCopy:  # from map(): bound already, and the future stays inside map()
-            return submit(self, fn, *args, **kwargs)
+            return submit(fn, *args, **kwargs)
         if not callable(fn):
             not_callable("submit", "fn", fn)
-        future = submit(self, copy_context().run, fn, *args, **kwargs)
-        if SWAP_CALLBACKS and type(future) is Future:  # adopt(), inlined for the usual case
-            future._done_callbacks = _CallbacksInContext(future._done_callbacks)  # type: ignore[attr-defined]
-            return future
-        return adopt(future)
+        return adopt(submit(copy_context().run, fn, *args, **kwargs))
 
     def map(
         self,
@@ -301,7 +244,7 @@ class ContextExecutor(Executor):
             TypeError: ``fn`` is not callable (here, not in the worker).
         """
         submit: Callable[..., Future[R]] = self._executor.submit
-        if self._starts_threads and _threads._INTERPRETER_COPIES:
+        if self._starts_threads and _threads.INHERITS:
             # A ThreadPoolExecutor starts workers lazily in submit(), and here
             # new threads inherit: keep them out of the caller's context.
             submit = functools.partial(Context().run, submit)

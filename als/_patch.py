@@ -4,17 +4,34 @@ Invariants:
 
 * Each replaced attribute is saved with what its owner held (or as absent,
   for an inherited one). ``unpatch()`` puts the original back wherever als's
-  replacement is still in place; where another library has wrapped it since
-  (OpenTelemetry, Sentry), the buried replacement is switched off instead,
-  so the other library keeps working and nothing propagates twice.
-  Replacements from an earlier ``patch()`` stay off for good.
+  replacement is still in place; where another library has wrapped it since,
+  the buried replacement is switched off instead, so the other library keeps
+  working and nothing propagates twice. Replacements from an earlier
+  ``patch()`` stay off for good.
 * ``patch()``, ``unpatch()`` and ``patched()`` take one lock.
-* Threads: on 3.10 to 3.13 the hook is the low-level function
-  ``Thread.start`` calls (``threading._start_new_thread`` or
-  ``_start_joinable_thread``), read at call time, so every path into a new
-  thread is covered, including a ``Thread.start`` that another library
-  saved before als patched. On 3.14+ the patch gives the thread its native
-  ``_context`` instead (an explicit ``Thread(context=...)`` is kept).
+* The hooks sit at the lowest hand-off point the standard library offers,
+  below anything another library wraps (``Thread.start``, ``Timer.start``,
+  ``ThreadPoolExecutor.submit``: OpenTelemetry, Sentry, profilers). So a
+  wrapper installed before or after als is never bypassed, what it sets
+  for one hop runs inside that hop's copy, and its own undo never meets als.
+* Threads: the hook is the low-level function ``Thread.start`` calls
+  (``threading._start_new_thread``, or ``_start_joinable_thread`` on 3.13+),
+  read at call time, so every path into a new thread is covered, including a
+  ``start`` that another library saved before als patched. On 3.10 to 3.13
+  the new thread's bootstrap runs in a copy of the starter's context. On
+  3.14+ the thread's native ``_context`` is the mechanism: ``Thread.start``
+  makes one when none was given, through ``threading._contextvars``, which
+  the patch replaces with a recorder so that the hook tells such a default
+  from an explicit ``Thread(context=...)`` (kept as given); the hook turns
+  a default into the starter's copy (or an empty context, for a service
+  thread) and drops it when the thread ends.
+* Pool tasks: ``concurrent.futures.thread._WorkItem`` is replaced by a
+  subclass that takes the task's copy when ``submit()`` makes it, in the
+  submitter's thread, and runs only the task in it (done callbacks keep the
+  standard library's behaviour). ``ThreadPoolExecutor.submit`` itself is
+  left alone. ``map`` is replaced too: it binds every item to its caller
+  when called, since 3.14's ``buffersize`` submits items from whichever
+  thread consumes the results.
 * A replacement keeps the name, docstring and signature of what it wraps,
   its return value and its exceptions; bad input gets the standard
   library's own behaviour.
@@ -26,30 +43,40 @@ Invariants:
   whole life is pinned to the request that happened to start it: service
   threads (pool workers, the process pool's manager, ``multiprocessing``
   pool and queue threads, ``QueueListener``) start with an empty context,
-  and a process pool's ``submit`` (which may fork workers) runs in one.
+  and so do the processes that serve a pool: a process pool's ``submit``
+  and ``multiprocessing.Pool``'s worker (re)starts run in an empty one, so a
+  forked worker keeps no request.
 """
 
 from __future__ import annotations
 
+import contextvars
 import functools
+import multiprocessing.pool
 import sys
 import threading
 import types
 from collections.abc import Callable, Iterator
 from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures import thread as _futures_thread
 from contextlib import contextmanager
 from contextvars import Context, copy_context
 from typing import Any
 
+from . import _threads
 from ._context import BoundFunction, ForkSafeLock, Snapshot
 from ._executors import RunInCopy
-from ._threads import _INTERPRETER_COPIES, _RunsInStartersContext
+from ._threads import _RunsInStartersContext
 
-_NATIVE_THREAD_CONTEXT = sys.version_info >= (3, 14)  # Thread(context=...) exists
+# Until 3.14 is the minimum supported Python: before it, threads have no native context.
+_NATIVE_THREAD_CONTEXT = sys.version_info >= (3, 14)
+# Until 3.13 is the minimum supported Python: before it, Thread.start calls _start_new_thread.
 _LOW_LEVEL_START = "_start_joinable_thread" if sys.version_info >= (3, 13) else "_start_new_thread"
 
 # Standard-library modules whose threads serve a pool or a queue for their
 # whole life: they start with an empty context, never the request's.
+# WARNING: kept in sync by hand with the standard library's thread starters;
+# tests/test_patch.py's service-thread tests start one thread of each.
 _SERVICE_MODULES = frozenset(
     {
         "concurrent.futures.thread",
@@ -105,22 +132,88 @@ def _inherits(thread: threading.Thread) -> bool:
     """Whether a thread about to start should get a copy of its starter's context."""
     if not getattr(thread, "als_inherit_context", True):
         return False
-    target = getattr(thread, "_target", None)  # not thread.__dict__: see run_in()
+    target = getattr(thread, "_target", None)  # not thread.__dict__: see _threads.run_in()
     module = type(thread).__module__ if target is None else getattr(target, "__module__", None)
     return module not in _SERVICE_MODULES
 
 
-def _low_level_start(original: Callable[..., Any], generation: _Generation) -> Callable[..., Any]:
-    """3.10 to 3.13: wrap the function Thread.start hands ``self._bootstrap`` to.
+# 3.14+: OS thread id -> the context Thread.start just made for a thread given
+# none; the start hook, next in the same thread, takes it out.
+_made_by_start: dict[int, Context] = {}
 
-    The new thread runs ``Thread._bootstrap``, and so ``run()``, in a copy of
-    the starter's context. Nothing is set on the thread object (an instance
-    attribute costs Thread's own code far more on 3.13), and once the thread
-    ends nothing refers to the copy. ``MethodType(copy.run, bootstrap)`` is
-    a callable that calls ``copy.run(bootstrap)``: unlike a
-    ``functools.partial`` it allocates no argument tuple or keyword dict.
+
+class _StartDefaults:
+    """3.14+: stands in for ``threading._contextvars``, which only ``Thread.start`` uses.
+
+    ``Thread.start`` calls ``Context()`` (or ``copy_context()`` under
+    ``thread_inherit_context``) exactly when the thread was given no context;
+    each context so made is recorded for the start hook, then returned as is.
+    Every other attribute is the real module's.
+    """
+
+    def __init__(self, real: types.ModuleType, generation: _Generation) -> None:
+        self._real = real
+        self._generation = generation
+        self.__wrapped__ = real
+
+    def Context(self) -> contextvars.Context:  # the name Thread.start calls
+        context: contextvars.Context = self._real.Context()
+        if self._generation.active:
+            _made_by_start[threading.get_ident()] = context
+        return context
+
+    def copy_context(self) -> contextvars.Context:
+        context: contextvars.Context = self._real.copy_context()  # the interpreter's copy, not one of als's
+        if self._generation.active:
+            _made_by_start[threading.get_ident()] = context
+        return context
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._real, name)
+
+
+def _release_after(bootstrap: Callable[[], None]) -> None:
+    """3.14+: run a thread's bootstrap, then drop the context the patch gave it (the interpreter keeps it)."""
+    try:
+        bootstrap()
+    finally:
+        bootstrap.__self__._context = None  # type: ignore[attr-defined]
+
+
+def _low_level_start(original: Callable[..., Any], generation: _Generation) -> Callable[..., Any]:
+    """Wrap the function Thread.start hands ``self._bootstrap`` to.
+
+    3.10 to 3.13: the new thread runs ``Thread._bootstrap``, and so ``run()``,
+    in a copy of the starter's context. Nothing is set on the thread object
+    (an instance attribute costs Thread's own code far more on 3.13), and
+    once the thread ends nothing refers to the copy. ``MethodType(copy.run,
+    bootstrap)`` calls ``copy.run(bootstrap)`` without the argument tuple or
+    keyword dict a ``functools.partial`` would allocate.
+
+    3.14+: a thread that ``Thread.start`` gave a default context (recorded by
+    ``_StartDefaults``) gets the starter's copy instead (or keeps the one the
+    interpreter copied), or an empty one if it serves a pool; it drops it
+    when it ends. A thread given ``context=`` is left exactly as it is.
     """
     thread_class = threading.Thread
+
+    if _NATIVE_THREAD_CONTEXT:
+        inherits_anyway = _threads.INHERITS  # the interpreter's default is then the copy
+
+        def start_thread(function: Any, handle: Any = None, daemon: bool = True) -> Any:
+            made = _made_by_start.pop(threading.get_ident(), None) if _made_by_start else None
+            if made is not None:
+                thread = getattr(function, "__self__", None)
+                if isinstance(thread, thread_class) and thread._context is made:  # type: ignore[attr-defined]
+                    if _inherits(thread):
+                        if not inherits_anyway:
+                            thread._context = copy_context()  # type: ignore[attr-defined]
+                    elif inherits_anyway:
+                        thread._context = Context()  # type: ignore[attr-defined]
+                    function = types.MethodType(_release_after, function)
+            return original(function, handle=handle, daemon=daemon)
+
+        return functools.wraps(original)(start_thread)
 
     def copies_for(function: object) -> bool:
         thread = getattr(function, "__self__", None)
@@ -134,66 +227,113 @@ def _low_level_start(original: Callable[..., Any], generation: _Generation) -> C
     if sys.version_info >= (3, 13):
         # Spelled out, as Thread.start passes them: forwarding **kwargs would
         # build a dict on every start.
-        def start_thread(function: Any, handle: Any = None, daemon: bool = True) -> Any:
+        def start_joinable(function: Any, handle: Any = None, daemon: bool = True) -> Any:
             if copies_for(function):
                 function = types.MethodType(copy_context().run, function)
             return original(function, handle=handle, daemon=daemon)
 
+        return functools.wraps(original)(start_joinable)
+
+    # start_new_thread takes positional arguments only.
+    def start_new(function: Any, *args: Any) -> Any:
+        if copies_for(function):
+            function = types.MethodType(copy_context().run, function)
+        return original(function, *args)
+
+    return functools.wraps(original)(start_new)
+
+
+def _start_defaults(original: types.ModuleType, generation: _Generation) -> _StartDefaults:
+    return _StartDefaults(original, generation)
+
+
+def _work_item(original: type, generation: _Generation) -> type:
+    """Subclass the thread pool's work item, which ``submit()`` makes in the submitter's thread.
+
+    The copy is taken there, below every wrapper of ``submit()`` (another
+    library's, a subclass's), so what such a wrapper sets for the task runs
+    inside the task's copy and wins over it. Only the task runs in the copy:
+    ``set_result`` and with it the future's done callbacks keep the standard
+    library's behaviour.
+    """
+    base_init: Callable[..., None] = original.__init__  # type: ignore[misc]
+
+    if _NATIVE_THREAD_CONTEXT:
+        worker_context = _futures_thread.WorkerContext  # type: ignore[attr-defined]
+
+        # 3.14+: the item holds the executor's resolved task. Only the thread
+        # pool's own WorkerContext runs (fn, args, kwargs) here; any other one
+        # (an InterpreterPoolExecutor's) sends the task elsewhere, unwrapped.
+        class WorkItem14(original):  # type: ignore[misc]
+            def __init__(self, future: Future[Any], task: Any) -> None:
+                base_init(self, future, task)
+                self._als_context = (
+                    copy_context()
+                    if generation.active and type(task) is tuple and not _runs_in_a_context(task[0])
+                    else None
+                )
+
+            def run(self, ctx: Any) -> None:
+                context = self._als_context
+                if context is not None and type(ctx) is worker_context:
+                    self._als_context = None
+                    fn, args, kwargs = self.task  # type: ignore[has-type]
+                    self.task = (context.run, (fn, *args), kwargs)
+                original.run(self, ctx)  # type: ignore[attr-defined]
+
+        made: type = WorkItem14
     else:
-        # start_new_thread takes positional arguments only.
-        def start_thread(function: Any, *args: Any) -> Any:
-            if copies_for(function):
-                function = types.MethodType(copy_context().run, function)
-            return original(function, *args)
 
-    return functools.wraps(original)(start_thread)
+        class WorkItem(original):  # type: ignore[misc]
+            def __init__(self, future: Future[Any], fn: Any, args: Any, kwargs: Any) -> None:
+                if generation.active and (type(fn) is types.FunctionType or not _runs_in_a_context(fn)):
+                    args = (fn, *args)
+                    fn = copy_context().run
+                base_init(self, future, fn, args, kwargs)
 
-
-def _native_thread_start(original: Callable[[threading.Thread], None], generation: _Generation) -> Any:
-    """3.14+: give the thread its native context, unless it has one (Thread(context=...))."""
-
-    @functools.wraps(original)
-    def start(self: threading.Thread) -> None:
-        if generation.active and self._context is None and not isinstance(self, _RunsInStartersContext):  # type: ignore[attr-defined]
-            self._context = copy_context() if _inherits(self) else Context()  # type: ignore[attr-defined]
-        original(self)
-
-    return start
+        made = WorkItem
+    made.__name__ = original.__name__
+    made.__qualname__ = original.__qualname__
+    made.__module__ = original.__module__
+    made.__doc__ = original.__doc__
+    made.__wrapped__ = original  # type: ignore[attr-defined]
+    return made
 
 
-def _thread_pool_submit(original: Callable[..., Future[Any]], generation: _Generation) -> Any:
-    @functools.wraps(original)
-    def submit(self: ThreadPoolExecutor, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future[Any]:
-        # Worker threads it starts are service threads: they start empty.
-        # The exact-type tests skip two calls in the usual case (a plain
-        # function submitted to a plain pool); the calls decide the rest.
-        if (
-            generation.active
-            and (type(fn) is types.FunctionType or not _runs_in_a_context(fn))
-            and (type(self) is ThreadPoolExecutor or not _sends_work_elsewhere(self))
-        ):
-            return original(self, copy_context().run, fn, *args, **kwargs)
-        # Already in a context, or bound for another interpreter: as it is.
-        return original(self, fn, *args, **kwargs)
-
-    return submit
+def _results_in(context: Context, results: Iterator[Any]) -> Iterator[Any]:
+    """Iterate ``results`` with each step in ``context``; closing this closes them."""
+    try:
+        while True:
+            try:
+                item = context.run(next, results)
+            except StopIteration:
+                return
+            yield item
+    finally:
+        close = getattr(results, "close", None)
+        if close is not None:
+            context.run(close)
 
 
 def _thread_pool_map(original: Callable[..., Iterator[Any]], generation: _Generation) -> Any:
+    """``map`` submits every item from the context current when it is called.
+
+    3.14's ``buffersize`` submits later items while the results are consumed,
+    from whichever thread and context consumes them: here each step of the
+    results runs in a copy of ``map()``'s caller's context, so those submits
+    happen there too. The items are plain submits, so the work item takes
+    each one's copy below any wrapper of ``submit()``.
+    """
+
     @functools.wraps(original)
     def map(  # noqa: A001 - functools.wraps names it map anyway
         self: ThreadPoolExecutor, fn: Callable[..., Any], *iterables: Any, **kwargs: Any
     ) -> Iterator[Any]:
-        # Bind every item to map()'s caller now: 3.14's buffersize submits
-        # later items from whichever thread consumes the results.
-        if (
-            generation.active
-            and callable(fn)
-            and not _runs_in_a_context(fn)
-            and not _sends_work_elsewhere(self)
-        ):
-            fn = RunInCopy(copy_context(), fn)
-        return original(self, fn, *iterables, **kwargs)
+        if not generation.active or _runs_in_a_context(fn) or _sends_work_elsewhere(self):
+            # Inactive, bound already (ContextThreadPoolExecutor.map), or bound for another interpreter.
+            return original(self, fn, *iterables, **kwargs)
+        context = copy_context()
+        return _results_in(context, context.run(original, self, fn, *iterables, **kwargs))
 
     return map
 
@@ -212,16 +352,34 @@ def _process_pool_submit(original: Callable[..., Future[Any]], generation: _Gene
     return submit
 
 
+def _pool_workers(original: Any, generation: _Generation) -> Any:
+    """``multiprocessing.Pool``'s worker (re)start, which forks: run it in an empty context.
+
+    Called from ``Pool.__init__`` in whichever thread creates the pool (a
+    request's, for a pool made lazily) and from the pool's handler thread.
+    A forked worker keeps the forking thread's context for its whole life.
+    """
+    function = original  # getattr() on the class gave the function inside the staticmethod
+
+    @functools.wraps(function)
+    def repopulate(*args: Any, **kwargs: Any) -> Any:
+        if not generation.active:
+            return function(*args, **kwargs)
+        return Context().run(function, *args, **kwargs)
+
+    return staticmethod(repopulate)
+
+
 def _targets() -> list[tuple[object, str, Callable[[Any, _Generation], Any]]]:
     targets: list[tuple[object, str, Callable[[Any, _Generation], Any]]] = [
-        (ThreadPoolExecutor, "submit", _thread_pool_submit),
+        (threading, _LOW_LEVEL_START, _low_level_start),
+        (_futures_thread, "_WorkItem", _work_item),
         (ThreadPoolExecutor, "map", _thread_pool_map),
         (ProcessPoolExecutor, "submit", _process_pool_submit),
+        (multiprocessing.pool.Pool, "_repopulate_pool_static", _pool_workers),
     ]
     if _NATIVE_THREAD_CONTEXT:
-        targets.append((threading.Thread, "start", _native_thread_start))
-    elif not _INTERPRETER_COPIES:
-        targets.append((threading, _LOW_LEVEL_START, _low_level_start))
+        targets.append((threading, "_contextvars", _start_defaults))
     return targets
 
 

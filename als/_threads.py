@@ -6,12 +6,14 @@ Invariants:
   (not at construction), and ``run()`` runs in that copy, including a
   subclass's overridden ``run()``: CPython 3.14's ``Thread(context=...)``
   behaviour on 3.10+. An explicit ``context=`` is used as is, not copied.
-* The thread drops its context when ``run()`` ends: a finished thread object
-  keeps no store alive.
-* Where the interpreter already gives new threads a copy of the starter's
-  context (``sys.flags.thread_inherit_context``, 3.14+), nothing is copied
-  a second time: the interpreter's copy is used, and the interpreter keeps it
-  on the thread object (``Thread._context``) as it does for every thread.
+* The thread drops its context when it ends: a finished thread object keeps
+  no store alive (the interpreter itself keeps a 3.14 thread's ``_context``).
+* One mechanism per interpreter family. 3.14+: the interpreter's own
+  ``Thread._context``, set by ``start()`` to the copy, so nothing is copied a
+  second time where the interpreter would copy too
+  (``sys.flags.thread_inherit_context``). 3.10 to 3.13: ``start()`` hands
+  the copy to ``run()`` (``_als_run_in``), or wraps an overridden ``run()``
+  on the instance (``start_in``).
 """
 
 from __future__ import annotations
@@ -26,9 +28,11 @@ from typing import Any
 
 from ._context import not_callable
 
-# CPython 3.14+ copies the starter's context into every new thread itself.
-# Read at call time (as _threads._INTERPRETER_COPIES elsewhere), so tests can emulate it.
-_INTERPRETER_COPIES = bool(getattr(sys.flags, "thread_inherit_context", False))
+# Until 3.14 is the minimum supported Python: Thread(context=) and Thread._context exist from 3.14.
+NATIVE_CONTEXT = sys.version_info >= (3, 14)
+# 3.14+: new threads start in a copy of their starter's context (on by default
+# in free-threaded builds). Fixed for the life of the process.
+INHERITS = bool(getattr(sys.flags, "thread_inherit_context", False))
 
 
 def _check_context(function: str, context: object) -> None:
@@ -37,6 +41,14 @@ def _check_context(function: str, context: object) -> None:
             f"{function}() argument 'context' must be a contextvars.Context or None,"
             f" not {type(context).__name__}"
         )
+
+
+def _set_context(thread: _RunsInStartersContext, context: Context) -> None:
+    """Keep a ``context=`` given at construction, where ``start()`` looks for it."""
+    if NATIVE_CONTEXT:
+        thread._context = context
+    else:
+        thread._als_context = context
 
 
 def run_in(thread: threading.Thread, context: Context) -> Callable[[], None]:
@@ -94,45 +106,62 @@ def start_in(thread: threading.Thread, context: Context, start: Callable[[], Non
 
 
 class _RunsInStartersContext(threading.Thread):
-    """Mix-in: ``run()`` runs in a copy of the context of ``start()``'s caller.
+    """Mix-in: ``run()`` runs in a copy of the context of ``start()``'s caller."""
 
-    Where ``run()`` is this class's own (no override), ``start()`` leaves the
-    context in ``_als_run_in`` and ``run()`` takes it from there: no instance
-    attribute ``run``, which costs about ten times more. An overridden
-    ``run()`` is wrapped on the instance by ``start_in``.
-    """
+    if NATIVE_CONTEXT:
+        _context: Context | None  # Thread's own, 3.14+ (typeshed for 3.10 has none)
 
-    _als_context: Context | None = None  # given at construction (context=)
-    _als_run_in: Context | None = None  # handed from start() to run(), then dropped
-
-    def start(self) -> None:
-        context = self._als_context
-        if context is None:
-            if _INTERPRETER_COPIES:
-                super().start()
-                return
-            context = copy_context()
-        if type(self).run is not _RunsInStartersContext.run:  # a subclass overrides run()
-            start_in(self, context, super().start)
-        elif self._ident is not None:  # type: ignore[attr-defined]
-            # Started before: let Thread raise its own error. (``_ident`` is
-            # what the ``ident`` property returns, read without the call.)
-            super().start()
-        else:
-            self._als_run_in = context
+        def start(self) -> None:
+            made = self._context is None  # no context= given
+            if made:
+                self._context = copy_context()
             try:
                 super().start()
-            except BaseException:
-                self._als_run_in = None
+            except BaseException:  # started before, or no thread could be started
+                if made:
+                    self._context = None
                 raise
 
-    def run(self) -> None:
-        # Taken, and the attribute cleared, first: a finished thread keeps no context.
-        context, self._als_run_in = self._als_run_in, None
-        if context is None:  # started by other means, or run() called directly
-            super().run()
-        else:
-            context.run(super().run)
+        def _bootstrap(self) -> None:
+            try:
+                super()._bootstrap()  # type: ignore[misc]
+            finally:
+                # The interpreter keeps _context after the thread ends.
+                self._context = None
+
+    else:
+        # Where run() is this class's own (no override), start() leaves the
+        # context in _als_run_in and run() takes it from there: no instance
+        # attribute run, which costs Thread's own code more on 3.11+. An
+        # overridden run() is wrapped on the instance by start_in.
+        _als_context: Context | None = None  # given at construction (context=)
+        _als_run_in: Context | None = None  # handed from start() to run(), then dropped
+
+        def start(self) -> None:
+            context = self._als_context
+            if context is None:
+                context = copy_context()
+            if type(self).run is not _RunsInStartersContext.run:  # a subclass overrides run()
+                start_in(self, context, super().start)
+            elif self._ident is not None:  # type: ignore[attr-defined]
+                # Started before: let Thread raise its own error. (``_ident`` is
+                # what the ``ident`` property returns, read without the call.)
+                super().start()
+            else:
+                self._als_run_in = context
+                try:
+                    super().start()
+                except BaseException:
+                    self._als_run_in = None
+                    raise
+
+        def run(self) -> None:
+            # Taken, and the attribute cleared, first: a finished thread keeps no context.
+            context, self._als_run_in = self._als_run_in, None
+            if context is None:  # started by other means, or run() called directly
+                super().run()
+            else:
+                context.run(super().run)
 
 
 class ContextThread(_RunsInStartersContext):
@@ -166,8 +195,8 @@ class ContextThread(_RunsInStartersContext):
         if context is not None:
             _check_context("ContextThread", context)
         super().__init__(group, target, name, args, kwargs, daemon=daemon)
-        if context is not None:  # else the class's None: one instance attribute fewer
-            self._als_context = context
+        if context is not None:  # else None: one instance attribute fewer before 3.14
+            _set_context(self, context)
 
 
 class ContextTimer(_RunsInStartersContext, threading.Timer):
@@ -203,7 +232,7 @@ class ContextTimer(_RunsInStartersContext, threading.Timer):
             _check_context("ContextTimer", context)
         super().__init__(interval, function, args, kwargs)
         if context is not None:
-            self._als_context = context
+            _set_context(self, context)
 
 
 __all__ = ["ContextThread", "ContextTimer"]

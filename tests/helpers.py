@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import concurrent.futures
+import concurrent.futures.thread
 import importlib.util
+import multiprocessing.pool
 import sys
 import threading
 from collections.abc import Iterable
@@ -21,6 +24,35 @@ THREADS_INHERIT = bool(getattr(sys.flags, "thread_inherit_context", False))
 stdlib_loses_context = pytest.mark.skipif(
     THREADS_INHERIT, reason="this interpreter copies the context into new threads itself"
 )
+threads_inherit_only = pytest.mark.skipif(
+    not THREADS_INHERIT,
+    reason="needs sys.flags.thread_inherit_context: tox -e py314-inherit (PYTHON_THREAD_INHERIT_CONTEXT=1)",
+)
+
+# What als.patch() replaces, by (owner, attribute name), and the originals, read
+# at import. WARNING: kept in sync by hand with als._patch._targets().
+PATCH_TARGETS: dict[str, tuple[object, str]] = {
+    "thread start hook": (
+        threading,
+        "_start_joinable_thread" if sys.version_info >= (3, 13) else "_start_new_thread",
+    ),
+    "thread pool work item": (concurrent.futures.thread, "_WorkItem"),
+    "ThreadPoolExecutor.map": (concurrent.futures.ThreadPoolExecutor, "map"),
+    "ProcessPoolExecutor.submit": (concurrent.futures.ProcessPoolExecutor, "submit"),
+    "Pool worker (re)start": (multiprocessing.pool.Pool, "_repopulate_pool_static"),
+}
+if sys.version_info >= (3, 14):
+    PATCH_TARGETS["Thread.start's default contexts"] = (threading, "_contextvars")
+_ABSENT = object()
+ORIGINALS: dict[str, object] = {
+    label: vars(owner).get(name, _ABSENT) for label, (owner, name) in PATCH_TARGETS.items()
+}
+
+
+def assert_originals() -> None:
+    """Every object als.patch() replaces is the original again, by identity (absent where it was)."""
+    for label, (owner, name) in PATCH_TARGETS.items():
+        assert vars(owner).get(name, _ABSENT) is ORIGINALS[label], f"{label} was left replaced"
 
 
 def wait(event: threading.Event) -> None:

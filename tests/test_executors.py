@@ -16,9 +16,9 @@ from typing import Any, TypeVar
 import pytest
 
 import als
-from als import AsyncLocalStorage, ContextFuture, ContextThreadPoolExecutor, _executors
+from als import AsyncLocalStorage, ContextFuture, ContextThreadPoolExecutor
 
-from .helpers import TIMEOUT, Recorder, Worker, join_all, stdlib_loses_context, wait
+from .helpers import TIMEOUT, Recorder, Worker, join_all, stdlib_loses_context, threads_inherit_only, wait
 
 R = TypeVar("R")
 
@@ -172,6 +172,23 @@ class TestSubmit:
 
 
 class TestSubclassing:
+    def test_a_wrapper_of_the_stdlib_submit_installed_after_import_is_called(
+        self, storage: AsyncLocalStorage[object], monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """Regression (#12): a tracer that wraps ThreadPoolExecutor.submit after ``import als`` is not
+        bypassed, and sees the submitter's store."""
+        seen: list[object] = []
+        original = ThreadPoolExecutor.submit
+
+        def traced(self: ThreadPoolExecutor, fn: Callable[..., R], /, *args: Any, **kwargs: Any) -> Future[R]:
+            seen.append(storage.get_store())
+            return original(self, fn, *args, **kwargs)
+
+        monkeypatch.setattr(ThreadPoolExecutor, "submit", traced)
+        with ContextThreadPoolExecutor(max_workers=1) as executor:
+            assert storage.run("A", executor.submit, storage.get_store).result(TIMEOUT) == "A"
+        assert seen == ["A"]
+
     def test_subclass_overriding_submit(self, storage: AsyncLocalStorage[object]) -> None:
         """A subclass whose submit() calls super().submit() keeps the propagation."""
         calls: list[object] = []
@@ -247,10 +264,10 @@ class TestMap:
             executor.map(42, [1])  # type: ignore[arg-type]
 
 
-@pytest.mark.usefixtures("threads_inherit")
 class TestWorkersStartEmpty:
-    """Where new threads inherit their starter's context (3.14's flag, a patch), workers still start empty."""
+    """Workers start empty, also where new threads inherit their starter's context (3.14's flag)."""
 
+    @threads_inherit_only
     def test_the_setting_pins_a_plain_pool(self, storage: AsyncLocalStorage[object]) -> None:
         """Control: in this setting a plain pool's worker keeps the store of the request that started it."""
         with ThreadPoolExecutor(max_workers=1) as executor:
@@ -300,12 +317,6 @@ def _set_and_submit(executor: Executor) -> str:
     return executor.submit(task_var.get).result(TIMEOUT)
 
 
-def test_futures_are_adopted_without_re_classing() -> None:
-    """Future keeps pending callbacks in a list on every supported Python: the fast way is the one used."""
-    assert _executors.SWAP_CALLBACKS
-    assert _executors._can_swap_callbacks()
-
-
 class TestContextFuture:
     def test_callback_runs_in_the_registrants_context(self, storage: AsyncLocalStorage[object]) -> None:
         """A ContextFuture made by hand runs B's callback with B, completed from a thread with none."""
@@ -328,19 +339,11 @@ class TestContextFuture:
 
 
 class TestReturnedFutures:
-    @pytest.fixture(autouse=True, params=["callback list", "re-classed"])
-    def adoption(self, request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
-        """Both ways a future is adopted: the fallback keeps the same contract."""
-        monkeypatch.setattr(_executors, "SWAP_CALLBACKS", request.param == "callback list")
-        return str(request.param)
-
-    def test_is_a_real_future(self, make_executor: Callable[..., Executor], adoption: str) -> None:
+    def test_is_a_real_future(self, make_executor: Callable[..., Executor]) -> None:
         """Returned futures are concurrent.futures.Future objects that wait/as_completed accept."""
         executor = make_executor(max_workers=2)
         futures = [executor.submit(lambda n=n: n) for n in range(4)]
         assert all(isinstance(f, Future) for f in futures)
-        if adoption == "callback list":
-            assert all(type(f) is Future for f in futures)
         done, not_done = concurrent.futures.wait(futures, timeout=TIMEOUT)
         assert (len(done), len(not_done)) == (4, 0)
         assert sorted(f.result() for f in concurrent.futures.as_completed(futures, timeout=TIMEOUT)) == [
@@ -390,18 +393,20 @@ class TestReturnedFutures:
     def test_callback_on_a_done_future_runs_at_once(
         self, storage: AsyncLocalStorage[object], make_executor: Callable[..., Executor]
     ) -> None:
-        """On a done future the callback runs in the registering thread, in a copy of its context."""
+        """On a done future the callback runs in the registering thread, in a copy of its context:
+        regression (#12), what it sets no longer leaks into the registering code."""
         executor = make_executor(max_workers=1)
         future = executor.submit(lambda: None)
         future.result(TIMEOUT)
         recorder = Recorder()
 
         def callback(_: Future[None]) -> None:
-            recorder("callback", storage.get_store())
+            recorder("callback", (storage.get_store(), threading.get_ident()))
             storage.enter_with("leak")
 
-        storage.run("B", lambda: (future.add_done_callback(callback), storage.get_store()))
-        assert recorder.as_dict() == {"callback": "B"}
+        after = storage.run("B", lambda: (future.add_done_callback(callback), storage.get_store()))
+        assert recorder.as_dict() == {"callback": ("B", threading.get_ident())}
+        assert after == (None, "B")
         assert storage.get_store() is None
 
     def test_callback_keeps_no_store_after_running(

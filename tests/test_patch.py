@@ -7,6 +7,7 @@ import contextlib
 import contextvars
 import gc
 import inspect
+import multiprocessing
 import os
 import sys
 import threading
@@ -22,20 +23,25 @@ import als
 import als._patch
 from als import AsyncLocalStorage
 
-from .helpers import TIMEOUT, Recorder, Worker, join_all, stdlib_loses_context, wait
-
-# Where the patch hooks thread starts: the function Thread.start calls (3.10 to 3.13),
-# or Thread.start itself (3.14+, which has native per-thread contexts).
-THREAD_HOOK: tuple[object, str] = (
-    (threading.Thread, "start")
-    if sys.version_info >= (3, 14)
-    else (threading, "_start_joinable_thread" if sys.version_info >= (3, 13) else "_start_new_thread")
+from .helpers import (
+    ORIGINALS,
+    PATCH_TARGETS,
+    THREADS_INHERIT,
+    TIMEOUT,
+    Recorder,
+    Worker,
+    assert_originals,
+    join_all,
+    stdlib_loses_context,
+    threads_inherit_only,
+    wait,
 )
-ORIGINALS = {
-    THREAD_HOOK: vars(THREAD_HOOK[0])[THREAD_HOOK[1]],
-    (ThreadPoolExecutor, "submit"): ThreadPoolExecutor.__dict__["submit"],
-    (ProcessPoolExecutor, "submit"): ProcessPoolExecutor.__dict__["submit"],
-}
+
+
+def installed() -> dict[str, object]:
+    """What each patched attribute holds now."""
+    return {label: vars(owner).get(name) for label, (owner, name) in PATCH_TARGETS.items()}
+
 
 task_var: contextvars.ContextVar[str] = contextvars.ContextVar("task_var", default="unset")
 
@@ -48,6 +54,19 @@ class Store:
 def pid_and_store(storage_name: str) -> tuple[int, str]:
     """Runs in a worker process: picklable, reports where it ran."""
     return os.getpid(), storage_name
+
+
+# Read by forked pool workers: with the fork start method they share this module's state.
+FORK_STORAGE: AsyncLocalStorage[object] = AsyncLocalStorage(name="fork")
+FORK = multiprocessing.get_context("fork") if "fork" in multiprocessing.get_all_start_methods() else None
+needs_fork = pytest.mark.skipif(FORK is None, reason="no fork start method on this platform")
+# 3.12+ warns when a process with threads forks; the pools tested here fork on purpose.
+forks_with_threads = pytest.mark.filterwarnings("ignore:This process .* is multi-threaded:DeprecationWarning")
+
+
+def store_in_worker(_: object = None) -> tuple[int, object]:
+    """Runs in a pool's worker process: its pid and the store it sees."""
+    return os.getpid(), FORK_STORAGE.get_store()
 
 
 @pytest.fixture
@@ -161,6 +180,35 @@ class TestThreads:
         join_all([thread])
         assert recorder.as_dict() == {"work": "A"}
         assert thread.__dict__["run"] is work
+
+    def test_a_start_saved_in_a_subclass_before_the_patch_is_not_bypassed(
+        self, storage: AsyncLocalStorage[object], monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """Regression (#12): OpenTelemetry's uninstrument() leaves Timer.start in Timer's own dict, set
+        to the Thread.start it found; a Timer started through it still runs in its starter's copy."""
+        monkeypatch.setattr(threading.Timer, "start", threading.Thread.start, raising=False)
+        recorder = Recorder()
+        timer = threading.Timer(0, lambda: recorder("timer", storage.get_store()))
+        storage.run("A", timer.start)
+        join_all([timer])
+        assert recorder.as_dict() == {"timer": "A"}
+
+    @pytest.mark.skipif(sys.version_info < (3, 14), reason="Thread(context=) is new in 3.14")
+    def test_an_explicit_context_is_kept(self, storage: AsyncLocalStorage[object]) -> None:
+        """Thread(context=ctx) runs in ctx itself, an empty Context() included: never the starter's."""
+        recorder = Recorder()
+        given = contextvars.Context()
+        given.run(storage.enter_with, "given")
+        threads = [
+            threading.Thread(
+                target=lambda: recorder("empty", storage.get_store()), context=contextvars.Context()
+            ),  # type: ignore[call-arg]
+            threading.Thread(target=lambda: recorder("given", storage.get_store()), context=given),  # type: ignore[call-arg]
+            threading.Thread(target=lambda: recorder("none", storage.get_store())),
+        ]
+        storage.run("A", lambda: [thread.start() for thread in threads])
+        join_all(threads)
+        assert recorder.as_dict() == {"empty": None, "given": "given", "none": "A"}
 
     def test_finished_thread_keeps_no_store(self, storage: AsyncLocalStorage[object]) -> None:
         """A finished thread object keeps nothing of its starter's context."""
@@ -348,20 +396,15 @@ class TestThreadPools:
             future.result(TIMEOUT)
         assert recorder.as_dict() == {"callback": None}
 
-    def test_work_sent_to_another_interpreter_is_left_alone(
-        self, storage: AsyncLocalStorage[object], monkeypatch: pytest.MonkeyPatch
-    ) -> None:
-        """A 3.14-style InterpreterPoolExecutor (a ThreadPoolExecutor subclass) gets its work unwrapped."""
+    @pytest.mark.skipif(sys.version_info < (3, 14), reason="InterpreterPoolExecutor is new in 3.14")
+    def test_work_sent_to_another_interpreter_is_left_alone(self, storage: AsyncLocalStorage[object]) -> None:
+        """An InterpreterPoolExecutor (a ThreadPoolExecutor subclass) gets its work as it is: a Context
+        cannot cross into another interpreter, and wrapping it would break the hand-over."""
+        from concurrent.futures import InterpreterPoolExecutor  # type: ignore[attr-defined]
 
-        class InterpreterPoolExecutor(ThreadPoolExecutor):
-            pass
-
-        module = types.ModuleType("concurrent.futures.interpreter")
-        module.InterpreterPoolExecutor = InterpreterPoolExecutor  # type: ignore[attr-defined]
-        monkeypatch.setitem(sys.modules, "concurrent.futures.interpreter", module)
         with InterpreterPoolExecutor(max_workers=1) as executor:
-            assert storage.run("A", executor.submit, storage.get_store).result(TIMEOUT) is None
-            assert list(storage.run("A", executor.map, lambda _: storage.get_store(), [1])) == [None]
+            assert storage.run("A", executor.submit, len, "abc").result(TIMEOUT) == 3
+            assert list(storage.run("A", executor.map, len, ["a", "ab"])) == [1, 2]
 
 
 @pytest.mark.usefixtures("patched_process")
@@ -418,6 +461,96 @@ class TestProcessPool:
             del store
             gc.collect()
             assert ref() is None  # the pool's manager thread holds nothing of the request
+
+
+class TestForkedWorkers:
+    """Regression (#12): a process that serves a pool is forked with no request's store under the
+    patch, whichever thread forks it: a forked worker keeps its forking thread's context for life."""
+
+    @needs_fork
+    @forks_with_threads
+    def test_without_the_patch_a_pool_made_in_a_request_keeps_it(self) -> None:
+        """The danger, shown: a Pool made lazily inside request A shows A to every later task."""
+        assert FORK is not None
+        with FORK_STORAGE.run("A", FORK.Pool, 1) as pool:
+            seen = [FORK_STORAGE.run("B", pool.apply, store_in_worker)[1], pool.apply(store_in_worker)[1]]
+        assert seen == ["A", "A"]
+
+    @needs_fork
+    @forks_with_threads
+    @pytest.mark.usefixtures("patched_process")
+    def test_pool_made_in_a_request_and_its_re_created_workers(self) -> None:
+        """Under the patch, neither the first workers (forked in A's thread) nor the ones the pool
+        re-creates (maxtasksperchild=1, forked by its handler thread) keep a request's store."""
+        assert FORK is not None
+        with FORK_STORAGE.run("A", FORK.Pool, 1, maxtasksperchild=1) as pool:
+            results = [FORK_STORAGE.run("B", pool.apply, store_in_worker), pool.apply(store_in_worker)]
+            # chunksize given: map's default divides by the number of live workers, which with
+            # maxtasksperchild can be zero for a moment.
+            results += FORK_STORAGE.run("C", pool.map, store_in_worker, range(2), 1)
+            results += list(pool.imap(store_in_worker, range(2)))
+            results += pool.starmap(store_in_worker, [(1,)], 1)
+            results.append(pool.apply_async(store_in_worker).get(60))
+        assert [store for _, store in results] == [None] * 8
+        assert len({pid for pid, _ in results}) == 8  # every task had a re-created worker
+
+    @needs_fork
+    @forks_with_threads
+    @pytest.mark.parametrize("patch_on", [False, True], ids=["unpatched", "patched"])
+    def test_shared_process_pool_first_used_in_a_request(self, patch_on: bool) -> None:
+        """A ProcessPoolExecutor made at start-up forks its workers at the first submit: inside request
+        A. Without the patch they show A to every later task; under it, nothing."""
+        with (
+            als.patched() if patch_on else contextlib.nullcontext(),
+            ProcessPoolExecutor(max_workers=1, mp_context=FORK) as executor,
+        ):
+            seen = [
+                FORK_STORAGE.run("A", executor.submit, store_in_worker).result(60)[1],
+                FORK_STORAGE.run("B", executor.submit, store_in_worker).result(60)[1],
+                executor.submit(store_in_worker).result(60)[1],
+            ]
+        assert seen == ([None] * 3 if patch_on else ["A"] * 3)
+
+
+class TestWorkersNeverPinned:
+    """Regression (#12): under thread_inherit_context (the free-threaded default) a plain pool's
+    workers inherit the first submitter's context; under the patch they never do, flag on or off."""
+
+    @threads_inherit_only
+    def test_without_the_patch_a_plain_pool_shows_request_0_to_all(
+        self, storage: AsyncLocalStorage[object]
+    ) -> None:
+        """The danger, shown: three requests, one worker, and every request sees request 0's id."""
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            seen = [storage.run(f"req-{n}", pool.submit, storage.get_store).result(TIMEOUT) for n in range(3)]
+        assert seen == ["req-0"] * 3
+
+    @pytest.mark.parametrize("made", ["before patch()", "after patch()"])
+    def test_plain_pool_under_the_patch(self, storage: AsyncLocalStorage[object], made: str) -> None:
+        """Each request sees its own id, and a task outside any request sees none."""
+        pool = ThreadPoolExecutor(max_workers=1) if made == "before patch()" else None
+        with als.patched(), pool or ThreadPoolExecutor(max_workers=1) as executor:
+            seen = [
+                storage.run(f"req-{n}", executor.submit, storage.get_store).result(TIMEOUT) for n in range(3)
+            ]
+            seen.append(executor.submit(storage.get_store).result(TIMEOUT))
+            seen += storage.run("req-map", executor.map, lambda _: storage.get_store(), range(2))
+        assert seen == ["req-0", "req-1", "req-2", None, "req-map", "req-map"]
+
+    @pytest.mark.usefixtures("patched_process")
+    def test_lazily_started_long_lived_threads_of_the_stdlib(
+        self, storage: AsyncLocalStorage[object]
+    ) -> None:
+        """asyncio's default executor, started by request A's first run_in_executor, serves B unpinned."""
+
+        async def request() -> object:
+            return await asyncio.get_running_loop().run_in_executor(None, storage.get_store)
+
+        async def main() -> list[object]:
+            first = await storage.run("A", request)
+            return [first, await storage.run("B", request), await request()]
+
+        assert asyncio.run(main()) == ["A", "B", None]
 
 
 class TestServiceThreads:
@@ -538,7 +671,8 @@ class TestPeers:
             "both timer": "A",
             "both pool": "A",
         }
-        assert {v for k, v in seen.items() if not k.startswith("both")} == {None}
+        # Without als, a thread (and a pool's worker) inherits its starter's context only under the flag.
+        assert {v for k, v in seen.items() if not k.startswith("both")} == {"A" if THREADS_INHERIT else None}
 
 
 class TestEveryContextVarRidesAlong:
@@ -583,37 +717,46 @@ class TestPatchState:
     def test_unpatch_restores_the_originals_by_identity(self) -> None:
         """After unpatch(), every patched attribute is the very object it was before."""
         als.patch()
-        assert all(vars(owner)[name] is not original for (owner, name), original in ORIGINALS.items())
-        assert "map" in ThreadPoolExecutor.__dict__
+        now = installed()
+        assert all(now[label] is not original for label, original in ORIGINALS.items())
         als.unpatch()
-        for (owner, name), original in ORIGINALS.items():
-            assert vars(owner)[name] is original
+        assert_originals()
         assert "map" not in ThreadPoolExecutor.__dict__
         assert ThreadPoolExecutor.map is Executor.map
+        assert ThreadPoolExecutor.submit is ThreadPoolExecutor.__dict__["submit"]  # never replaced
 
     def test_wrappers_keep_names_and_signatures(self) -> None:
         """The replacements carry the originals' names, docstrings and signatures."""
+        before = {label: getattr(owner, name) for label, (owner, name) in PATCH_TARGETS.items()}
         with als.patched():
-            for (owner, name), original in ORIGINALS.items():
-                replacement = vars(owner)[name]
-                assert replacement.__name__ == original.__name__
+            for label, (owner, name) in PATCH_TARGETS.items():
+                original, replacement = before[label], getattr(owner, name)
+                assert replacement.__wrapped__ is original  # type: ignore[union-attr]
+                if isinstance(original, types.ModuleType):  # threading._contextvars: a stand-in
+                    continue
+                assert replacement.__name__ == original.__name__  # type: ignore[union-attr]
                 assert replacement.__doc__ == original.__doc__
-                assert replacement.__wrapped__ is original
-                if not isinstance(original, types.BuiltinFunctionType):  # builtins have none
-                    assert inspect.signature(replacement) == inspect.signature(original)
+                if isinstance(original, type):  # the work item: a subclass, same constructor
+                    assert issubclass(replacement, original)  # type: ignore[arg-type]
+                    assert replacement.__qualname__ == original.__qualname__  # type: ignore[union-attr]
+                    assert replacement.__module__ == original.__module__
+                    parameters = inspect.signature(original).parameters
+                    assert list(inspect.signature(replacement).parameters) == list(parameters)
+                elif not isinstance(original, types.BuiltinFunctionType):  # builtins have none
+                    assert inspect.signature(replacement) == inspect.signature(original)  # type: ignore[arg-type]
 
     def test_idempotent(self) -> None:
         """patch() twice then unpatch() once: unpatched. unpatch() when unpatched does nothing."""
         als.unpatch()
         assert not als.is_patched()
         als.patch()
-        first = vars(THREAD_HOOK[0])[THREAD_HOOK[1]]
+        first = installed()
         als.patch()
-        assert vars(THREAD_HOOK[0])[THREAD_HOOK[1]] is first
+        assert installed() == first
         assert als.is_patched()
         als.unpatch()
         assert not als.is_patched()
-        assert vars(THREAD_HOOK[0])[THREAD_HOOK[1]] is ORIGINALS[THREAD_HOOK]
+        assert_originals()
 
     def test_patched_blocks_overlapping_across_threads(self) -> None:
         """Regression (review of #4): X enters, Y enters, X leaves: still patched until Y leaves."""
@@ -673,11 +816,11 @@ class TestPatchState:
             join_all(workers)
         finally:
             sys.setswitchinterval(previous)
-        installed = {key: vars(owner)[name] for key in ORIGINALS for owner, name in [key]}
+        now = installed()
         if als.is_patched():
-            assert all(installed[key] is not ORIGINALS[key] for key in ORIGINALS)
+            assert all(now[label] is not original for label, original in ORIGINALS.items())
         else:
-            assert all(installed[key] is ORIGINALS[key] for key in ORIGINALS)
+            assert_originals()
         als.unpatch()
 
     def test_running_threads_survive_unpatch(self, storage: AsyncLocalStorage[object]) -> None:
@@ -696,17 +839,6 @@ class TestPatchState:
         unpatched.set()
         join_all([thread])
         assert recorder.as_dict() == {"thread": "A"}
-
-    def test_thread_start_left_alone_where_the_interpreter_copies(
-        self, monkeypatch: pytest.MonkeyPatch
-    ) -> None:
-        """With 3.14's thread_inherit_context, Thread.start stays (no second copy); the pools are patched."""
-        monkeypatch.setattr(als._patch, "_INTERPRETER_COPIES", True)
-        monkeypatch.setattr(als._patch, "_NATIVE_THREAD_CONTEXT", False)
-        with als.patched():
-            assert vars(THREAD_HOOK[0])[THREAD_HOOK[1]] is ORIGINALS[THREAD_HOOK]
-            assert ThreadPoolExecutor.__dict__["submit"] is not ORIGINALS[(ThreadPoolExecutor, "submit")]
-        assert ThreadPoolExecutor.__dict__["submit"] is ORIGINALS[(ThreadPoolExecutor, "submit")]
 
     def test_public_names(self) -> None:
         """patch, unpatch, is_patched and patched are public."""

@@ -36,3 +36,29 @@ def test_version() -> None:
 def test_py_typed_is_shipped() -> None:
     """py.typed marks the package as typed for type checkers."""
     assert importlib.resources.files("als").joinpath("py.typed").is_file()
+
+
+def test_a_keyword_named_like_a_wrappers_own_parameter_reaches_fn() -> None:
+    """Regression (#12): every wrapper takes its own parameters positional-only, ``self`` included,
+    so keywords named self, fn, store or executor reach the wrapped function."""
+    import asyncio
+    from concurrent.futures import ThreadPoolExecutor
+
+    def echo(**kwargs: object) -> dict[str, object]:
+        return kwargs
+
+    names = {"self": 1, "fn": 2, "store": 3, "executor": 4}
+    storage: als.AsyncLocalStorage[object] = als.AsyncLocalStorage()
+    assert als.bind(echo)(**names) == names
+    assert als.snapshot()(echo, **names) == names
+    assert storage.run("A", echo, **names) == names
+    assert storage.exit(echo, **names) == names
+    with als.ContextThreadPoolExecutor(max_workers=1) as pool:
+        assert pool.submit(echo, **names).result(10) == names
+    with ThreadPoolExecutor(max_workers=1) as plain:
+        assert als.wrap_executor(plain).submit(echo, **names).result(10) == names
+
+    async def main() -> object:
+        return await als.run_in_executor(None, echo, **names)
+
+    assert asyncio.run(main()) == names

@@ -12,7 +12,7 @@ import pytest
 
 from als import AsyncLocalStorage, ContextThread, ContextTimer
 
-from .helpers import TIMEOUT, Recorder, join_all, stdlib_loses_context, wait
+from .helpers import TIMEOUT, Recorder, join_all, stdlib_loses_context, threads_inherit_only, wait
 
 thread_var: contextvars.ContextVar[str] = contextvars.ContextVar("thread_var", default="unset")
 
@@ -286,17 +286,21 @@ def test_plain_thread_and_timer_lose_the_store(storage: AsyncLocalStorage[object
     assert recorder.as_dict() == {"thread": None, "timer": None}
 
 
-@pytest.mark.usefixtures("threads_inherit")
-def test_where_threads_already_inherit(
-    storage: AsyncLocalStorage[object], monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """Where new threads inherit by themselves (3.14's flag), a ContextThread leaves the copy to them."""
-    import als._threads
-
-    monkeypatch.setattr(als._threads, "_INTERPRETER_COPIES", True)
+@threads_inherit_only
+def test_where_threads_already_inherit(storage: AsyncLocalStorage[object]) -> None:
+    """Where new threads inherit by themselves (3.14's flag), a ContextThread copies once, as a plain
+    thread does, and drops the copy when it ends (the interpreter keeps a plain thread's)."""
     recorder = Recorder()
-    thread = als.ContextThread(target=lambda: recorder("thread", storage.get_store()))
-    storage.run("A", thread.start)
-    join_all([thread])
-    assert recorder.as_dict() == {"thread": "A"}
-    assert thread.__dict__["run"].__name__ == "inherited_run"  # the inherited copy ran it, als added none
+    store = Store()
+    ref = weakref.ref(store)
+    thread = ContextThread(target=lambda: recorder("thread", storage.get_store() is ref()))
+    plain = threading.Thread(target=lambda: recorder("plain", storage.get_store() is ref()))
+    storage.run(store, thread.start)
+    storage.run(store, plain.start)
+    join_all([thread, plain])
+    assert recorder.as_dict() == {"thread": True, "plain": True}
+    assert thread._context is None  # type: ignore[attr-defined]
+    del plain  # the interpreter keeps the plain thread's copy: as it does without als
+    del store
+    gc.collect()
+    assert ref() is None
