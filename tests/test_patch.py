@@ -7,8 +7,10 @@ import contextlib
 import contextvars
 import gc
 import inspect
+import json
 import multiprocessing
 import os
+import subprocess
 import sys
 import threading
 import types
@@ -24,6 +26,7 @@ import als._patch
 from als import AsyncLocalStorage
 
 from .helpers import (
+    EXAMPLES,
     ORIGINALS,
     PATCH_TARGETS,
     THREADS_INHERIT,
@@ -673,6 +676,79 @@ class TestPeers:
         }
         # Without als, a thread (and a pool's worker) inherits its starter's context only under the flag.
         assert {v for k, v in seen.items() if not k.startswith("both")} == {"A" if THREADS_INHERIT else None}
+
+    @pytest.mark.parametrize("order", ["sentry-first", "als-first"])
+    def test_sentry_threading_integration(self, order: str) -> None:
+        """Regression (#12): Sentry's ThreadingIntegration (its defaults) and als.patch(), set up in either
+        order, three on/off cycles. Every hop sees its request's store; a tag a task sets reaches only
+        the task's own event, never the request's; a task's event carries the request's user, as with
+        Sentry alone; als's objects are back by identity after each cycle and Sentry's wrappers do not
+        pile up. In a child process (tests/sentry_peer.py): Sentry patches for the process's life."""
+        child = subprocess.run(
+            [sys.executable, "-m", "tests.sentry_peer", order],
+            cwd=EXAMPLES.parent,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+        assert child.returncode == 0, child.stderr
+        report = json.loads(child.stdout)
+        hops = ["submit", "map", "thread", "timer"]
+        requests = [f"cycle {cycle} request {n}" for cycle in range(3) for n in range(2)]
+        assert sorted(map(tuple, report["seen"])) == sorted(
+            (name, hop, name) for name in requests for hop in hops
+        )
+        events = {event["message"]: event for event in report["events"]}
+        assert sorted(events) == sorted(f"{name} {what}" for name in requests for what in [*hops, "request"])
+        for name in requests:
+            request_event = events[f"{name} request"]
+            assert "task" not in request_event.get("tags", {}), request_event
+            assert request_event["user"] == {"id": f"user of {name}"}
+            for hop in hops:
+                event = events[f"{name} {hop}"]
+                assert (event["tags"], event["user"]) == ({"task": hop}, {"id": f"user of {name}"})
+        before, cycles = report["before"], report["after_cycles"]
+        als_owned = ["thread start hook", "work item", "map", "process submit", "contextvars"]
+        for after in cycles:
+            assert {key: after[key] for key in als_owned} == {key: before[key] for key in als_owned}
+            assert after["Thread.start"] == cycles[0]["Thread.start"] != before["Thread.start"]
+            assert after["ThreadPoolExecutor.submit"] == cycles[0]["ThreadPoolExecutor.submit"]
+
+    def test_opentelemetry_cycles_leave_nothing_behind(self, storage: AsyncLocalStorage[object]) -> None:
+        """Regression (#12): instrument(), patch(), uninstrument(), unpatch(), each undone in the order
+        done, three times: every hop propagates each time and afterwards every original is back by
+        identity, with no OpenTelemetry wrapper left on ThreadPoolExecutor.submit."""
+        from opentelemetry.instrumentation.threading import ThreadingInstrumentor
+
+        instrumentor = ThreadingInstrumentor()
+        originals = (ThreadPoolExecutor.submit, threading.Thread.start, threading.Thread.run)
+        timer_had_start = "start" in threading.Timer.__dict__
+        recorder = Recorder()
+        try:
+            for cycle in range(3):
+                instrumentor.instrument()
+                als.patch()
+                thread = threading.Thread(target=lambda: recorder(f"{cycle} thread", storage.get_store()))
+                timer = threading.Timer(0, lambda: recorder(f"{cycle} timer", storage.get_store()))
+                with ThreadPoolExecutor(max_workers=1) as pool:
+                    storage.run("A", lambda: (thread.start(), timer.start()))
+                    recorder(
+                        f"{cycle} pool", storage.run("A", pool.submit, storage.get_store).result(TIMEOUT)
+                    )
+                join_all([thread, timer])
+                instrumentor.uninstrument()
+                als.unpatch()
+                assert (ThreadPoolExecutor.submit, threading.Thread.start, threading.Thread.run) == originals
+                assert_originals()
+        finally:
+            als.unpatch()
+            instrumentor.uninstrument()
+            # OpenTelemetry's unwrap leaves Timer.start in Timer's own dict: not als's to keep.
+            if not timer_had_start and vars(threading.Timer).get("start") is threading.Thread.start:
+                delattr(threading.Timer, "start")
+        assert set(recorder.as_dict().values()) == {"A"}
+        assert len(recorder.as_dict()) == 9
 
 
 class TestEveryContextVarRidesAlong:
