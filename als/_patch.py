@@ -433,6 +433,35 @@ def _unpatch() -> None:
     _generation = None
 
 
+# gevent: monkey.patch_all() replaces the very function the thread hook wraps,
+# so a patch() made before it would be lost in silence. gevent calls these two
+# plugins (entry points in setup.cfg; als never imports gevent) around its
+# patching of ``threading``: als steps aside, then patches gevent's functions.
+_repatch_after_gevent = False
+
+
+def gevent_will_patch_module(event: Any) -> None:
+    """gevent plugin: about to patch ``threading``; unpatch first, to patch again after it."""
+    global _repatch_after_gevent  # noqa: PLW0603
+    if getattr(event, "module_name", None) != "threading":
+        return
+    with _lock:
+        if _generation is not None:
+            _unpatch()
+            _repatch_after_gevent = True
+
+
+def gevent_did_patch_module(event: Any) -> None:
+    """gevent plugin: ``threading`` is patched; put back a patch() that was in place before."""
+    global _repatch_after_gevent  # noqa: PLW0603
+    if getattr(event, "module_name", None) != "threading":
+        return
+    with _lock:
+        if _repatch_after_gevent:
+            _repatch_after_gevent = False
+            _patch()
+
+
 def patch() -> None:
     """Make unmodified standard-library code propagate the context on every thread hop.
 

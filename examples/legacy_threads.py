@@ -2,18 +2,23 @@
 
 The "legacy" functions below use only the standard library and know nothing
 of als or of request ids. They fan work out to a ``ThreadPoolExecutor`` (with a
-nested pool inside a worker), run a ``Thread`` subclass that overrides
-``run()``, start a ``Timer``, and call ``loop.run_in_executor(None, ...)``.
-They log through ``logging``; ``als.logging.install_record_factory`` adds
-``%(request_id)s`` to every record.
+nested pool inside a worker), hand an audit line to a pool shared by every
+request, run a ``Thread`` subclass that overrides ``run()``, start a ``Timer``,
+and call ``loop.run_in_executor(None, ...)``. They log through ``logging``;
+``als.logging.install_record_factory`` adds ``%(request_id)s`` to every record.
 
-Four requests run at once, twice: once as is, where every line logged on
-another thread shows ``-``, and once after a single ``als.patch()``, where
-every line shows its own request's id. Each line also names its request as
-plain data (``order=...``), which is how the check below knows the right id.
+Four requests run at once, twice: once as is, and once after a single
+``als.patch()``, where every line shows its own request's id. As is, a line
+logged on another thread shows ``-`` (lost), except where threads inherit
+their starter's context (``-X thread_inherit_context=1``, the default of
+free-threaded builds): there the shared pool's one worker keeps the id of the
+request that happened to start it, and shows it on the other requests' audit
+lines (wrong, which is worse). Each line also names its request as plain data
+(``order=...``), which is how the check below knows the right id.
 
     python examples/legacy_threads.py      # prints both runs side by side;
                                            # exits 1 if any patched line is wrong
+    python -X thread_inherit_context=1 examples/legacy_threads.py   # 3.14+: wrong ids, unpatched
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ from als.logging import install_record_factory
 # The legacy module: imagine it inside a library you cannot edit.
 
 log = logging.getLogger("legacy")
+audit_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="audit")  # shared by every request
 
 
 def process(order: str, item: int) -> int:
@@ -59,6 +65,7 @@ def handle_order(order: str) -> None:
     log.info("order=%s request start", order)
     with ThreadPoolExecutor(max_workers=2) as pool:
         list(pool.map(process, [order, order], [1, 2]))
+    audit_pool.submit(log.info, "order=%s shared pool", order).result()
     auditor = Auditor(order)
     auditor.start()
     auditor.join()
@@ -82,6 +89,7 @@ MESSAGES = [
     "nested pool, item 1",
     "pool worker, item 2",
     "nested pool, item 2",
+    "shared pool",
     "Thread subclass",
     "Timer",
     "run_in_executor(None)",
@@ -138,7 +146,11 @@ def main() -> int:
                 f"{order:<8} {message:<22} {before.get(key, '(missing)'):<14} {after.get(key, '(missing)')}"
             )
     lost = sum(1 for value in before.values() if value == "-")
-    print(f"\nwithout the patch: {lost} of {len(before)} lines lost their request id")
+    wrong = sum(1 for (order, _), value in before.items() if value not in ("-", ORDERS[order]))
+    print(
+        f"\nwithout the patch: {lost} of {len(before)} lines lost their request id,"
+        f" {wrong} carried another request's id"
+    )
     problems = check(after)
     for problem in problems:
         print(f"MISMATCH: {problem}")

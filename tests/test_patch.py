@@ -715,6 +715,41 @@ class TestPeers:
             assert after["Thread.start"] == cycles[0]["Thread.start"] != before["Thread.start"]
             assert after["ThreadPoolExecutor.submit"] == cycles[0]["ThreadPoolExecutor.submit"]
 
+    @pytest.mark.parametrize("order", ["gevent-first", "als-first"])
+    def test_gevent_monkey_patch_all_in_either_order(self, order: str) -> None:
+        """Regression (#12): als.patch() before gevent.monkey.patch_all() no longer stops Thread propagation
+        in silence: gevent calls als's plugins around its patching of threading, and als patches gevent's
+        functions. Threads (greenlets), timers and pools see the store; is_patched() is true; unpatch()
+        leaves gevent's functions. In a child process (tests/gevent_peer.py): gevent patches for life."""
+        child = subprocess.run(
+            [sys.executable, "-m", "tests.gevent_peer", order],
+            cwd=EXAMPLES.parent,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+        assert child.returncode == 0, child.stderr
+        assert json.loads(child.stdout) == {
+            "thread": "A",
+            "timer": "A",
+            "pool": "A",
+            "is_patched": True,
+            "gevent's start after unpatch": True,
+        }
+
+    def test_gevent_plugins_are_registered(self) -> None:
+        """The installed distribution declares the two plugins gevent looks up, pointing at als."""
+        from importlib import metadata
+
+        plugins = {
+            "gevent.plugins.monkey.will_patch_module": als._patch.gevent_will_patch_module,
+            "gevent.plugins.monkey.did_patch_module": als._patch.gevent_did_patch_module,
+        }
+        for group, plugin in plugins.items():
+            (entry,) = [ep for ep in metadata.entry_points(group=group) if ep.name == "als"]
+            assert entry.load() is plugin
+
     def test_opentelemetry_cycles_leave_nothing_behind(self, storage: AsyncLocalStorage[object]) -> None:
         """Regression (#12): instrument(), patch(), uninstrument(), unpatch(), each undone in the order
         done, three times: every hop propagates each time and afterwards every original is back by
