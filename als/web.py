@@ -380,14 +380,21 @@ class ASGIRequestId(_RequestId[_ASGIApp]):
     Response: ``http.response.start``, ``websocket.accept`` and
     ``websocket.http.response.start`` go out with any ``header`` entry the
     app set replaced by one carrying the id (the name in lower case, as ASGI
-    requires). Put this middleware outermost, outside the framework's error
-    handling: Starlette's ``ServerErrorMiddleware`` sends its 500 through it,
-    so the 500 carries the id. If the app raises in an http scope before it
+    requires). Outermost (``ASGIRequestId(app, storage)``), it is outside the
+    framework's error handling: Starlette's ``ServerErrorMiddleware`` (and so
+    an app's own exception handler) answers through it, under the id, so the
+    500 carries the id header. If the app raises in an http scope before it
     started a response, the middleware sends a plain 500 with the id itself,
     then re-raises the same exception, for the server to log; once a
-    response has started, it only re-raises. The middleware's own 500 and
-    400 are sent with their id as the store, as the app's responses are, so
-    a server that logs inside ``send`` (uvicorn's access log) shows it.
+    response has started, it only re-raises. Added inside a framework's app
+    (Starlette's and FastAPI's ``app.add_middleware``, which the scope shows
+    by naming the app in ``scope["app"]``), it leaves that 500 to the
+    framework: the app's own handler answers, with its own body and no id
+    header, and the id stays current in the request's task (each request's
+    own, under ASGI servers) so the handler's and the server's error lines
+    carry it. The middleware's own 500 and 400 are sent with their id as the
+    store, as the app's responses are, so a server that logs inside ``send``
+    (uvicorn's access log) shows it.
 
     Raises:
         TypeError: at construction, an argument of the wrong type; in a
@@ -439,10 +446,19 @@ class ASGIRequestId(_RequestId[_ASGIApp]):
             )
         except Exception:
             if kind == "http" and not started:
-                try:
-                    await self._storage.run(request_id, _respond, send, 500, b"Internal Server Error\n", ours)
-                except Exception:
-                    pass  # the app's exception is the one to report
+                if "app" in scope:
+                    # Inside a framework's app (Starlette and FastAPI name it in the scope before
+                    # their middleware runs, as app.add_middleware places this one): its error
+                    # handling, outside this middleware, answers with the app's own handler. The id
+                    # stays current in this request's task, so that handler's lines carry it.
+                    self._storage.enter_with(request_id)
+                else:
+                    try:
+                        await self._storage.run(
+                            request_id, _respond, send, 500, b"Internal Server Error\n", ours
+                        )
+                    except Exception:
+                        pass  # the app's exception is the one to report
             raise
 
     async def _bad_request(self, scope: _Scope, receive: _Receive, send: _Send, request_id: str) -> None:

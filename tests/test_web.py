@@ -1024,6 +1024,28 @@ class TestASGIErrors:
         assert channel.body() == b"Internal Server Error\n"
         assert storage.get_store() is None
 
+    async def test_inside_a_framework_leaves_the_500_to_it(self, storage: AsyncLocalStorage[object]) -> None:
+        """Regression (#12): where the scope names an app (Starlette's add_middleware puts the middleware
+        inside its error handling), a raise before the start sends nothing: the framework's own handler
+        answers. The same exception comes out, with the id current in the calling task for that handler."""
+        error = RuntimeError("app failed")
+
+        async def app(scope: Any, receive: Any, send: Any) -> None:
+            raise error
+
+        async def framework() -> object:
+            channel = Channel(storage)
+            with pytest.raises(RuntimeError) as info:
+                await channel.serve(
+                    ASGIRequestId(app, storage), {**http_scope((NAME, UUID.encode())), "app": app}
+                )
+            assert info.value is error
+            assert channel.sent == []
+            return storage.get_store()  # what the framework's handler, next in this task, sees
+
+        assert await storage.run("outer", framework) == UUID  # the framework's task: here, run's context
+        assert storage.get_store() is None
+
     async def test_raise_after_start_only_reraises(self, storage: AsyncLocalStorage[object]) -> None:
         """An app raising after it started the response: the same exception, no second start."""
         error = RuntimeError("late")

@@ -27,6 +27,9 @@ from typing import Any
 import httpx
 import pytest
 import uvicorn
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+from starlette.middleware import Middleware
 
 import als
 from als.logging import install_record_factory
@@ -379,6 +382,63 @@ class TestRaising:
         ]
         [error] = uvicorn_errors(seen)
         assert error.__dict__["request_id"] == "-"
+
+
+class TestFrameworkErrorHandlers:
+    """Regression (#12): an app's own exception handler keeps its response, and its log lines the id,
+    whichever way the middleware is added: FastAPI's usual ``app.add_middleware`` (inside Starlette's
+    error middleware), Starlette's ``middleware=[...]`` (the same place), or wrapped around the app."""
+
+    @staticmethod
+    def fastapi_app(wiring: str) -> Any:
+        def crash(request: Request, exc: Exception) -> JSONResponse:
+            web_apps.log.info("handler saw %s", type(exc).__name__, extra={"client": request.url.path})
+            return JSONResponse({"detail": "our own error page"}, status_code=500)
+
+        middleware = [Middleware(ASGIRequestId, storage=storage)] if wiring == "middleware=[...]" else []
+        app = FastAPI(middleware=middleware, exception_handlers={Exception: crash})
+
+        @app.get("/fail")
+        async def fail(request: Request) -> None:
+            web_apps.log.info("about to fail", extra={"client": request.url.path})
+            raise RuntimeError("endpoint failed")
+
+        @app.get("/ok")
+        async def ok(request: Request) -> dict[str, object]:
+            web_apps.log.info("fine", extra={"client": request.url.path})
+            return {"id": storage.get_store()}
+
+        if wiring == "add_middleware":
+            app.add_middleware(ASGIRequestId, storage=storage)
+            return app
+        return ASGIRequestId(app, storage) if wiring == "wrapped around" else app
+
+    @pytest.mark.parametrize("wiring", ["add_middleware", "middleware=[...]", "wrapped around"])
+    def test_handler_keeps_its_response_and_its_lines_the_id(self, records: Records, wiring: str) -> None:
+        with serving(self.fastapi_app(wiring)) as port:
+            failed = httpx.get(
+                f"http://127.0.0.1:{port}/fail", headers={"X-Request-ID": UUID}, timeout=TIMEOUT
+            )
+            fine = httpx.get(f"http://127.0.0.1:{port}/ok", headers={"X-Request-ID": NGINX}, timeout=TIMEOUT)
+            seen = records.wait_until(lambda got: len(uvicorn_errors(got)) == 1)
+        assert (failed.status_code, failed.json()) == (500, {"detail": "our own error page"})
+        # Outermost, the handler's 500 goes out through the middleware; inside, the framework sends it.
+        assert failed.headers.get_list("x-request-id") == ([UUID] if wiring == "wrapped around" else [])
+        assert (fine.status_code, fine.json(), fine.headers.get_list("x-request-id")) == (
+            200,
+            {"id": NGINX},
+            [NGINX],
+        )
+        assert [(r.__dict__["request_id"], r.getMessage()) for r in of_client(seen, "/fail")] == [
+            (UUID, "about to fail"),
+            (UUID, "handler saw RuntimeError"),
+        ]
+        assert [(r.__dict__["request_id"], r.getMessage()) for r in of_client(seen, "/ok")] == [
+            (NGINX, "fine")
+        ]
+        # The server's report of the exception: under the id when the middleware is inside the app.
+        [error] = uvicorn_errors(seen)
+        assert error.__dict__["request_id"] == ("-" if wiring == "wrapped around" else UUID)
 
 
 class TestHostileHeaders:
