@@ -332,6 +332,43 @@ class TestThreadPools:
             results = storage.run("A", executor.map, lambda n: (n, storage.get_store()), range(3))
             assert storage.run("B", list, results) == [(0, "A"), (1, "A"), (2, "A")]
 
+    @pytest.mark.skipif(sys.version_info < (3, 14), reason="map(buffersize=) is new in 3.14")
+    def test_map_with_buffersize_consumed_elsewhere(self, storage: AsyncLocalStorage[object]) -> None:
+        """3.14's real buffersize: items submitted while B's thread consumes still run in A's context."""
+        with ThreadPoolExecutor(max_workers=2) as executor:
+            results = storage.run(
+                "A", executor.map, lambda n: (n, storage.get_store()), range(5), buffersize=1
+            )
+            consumed: list[object] = []
+            consumer = Worker(lambda: consumed.extend(storage.run("B", list, results)))
+            consumer.start()
+            join_all([consumer])
+        assert consumed == [(n, "A") for n in range(5)]
+
+    def test_map_results_closed_early_cancel_the_rest_as_the_stdlib_does(
+        self, storage: AsyncLocalStorage[object]
+    ) -> None:
+        """map()'s results under the patch are a generator: close() reaches the standard library's own,
+        which cancels the futures still pending; the items that ran saw map()'s caller's store."""
+        started, release = threading.Event(), threading.Event()
+        ran = Recorder()
+
+        def item(n: int) -> int:
+            ran(f"item {n}", storage.get_store())
+            if n == 1:
+                started.set()
+                wait(release)
+            return n
+
+        with ThreadPoolExecutor(max_workers=1) as executor:
+            results = storage.run("A", executor.map, item, range(3))
+            assert isinstance(results, types.GeneratorType)
+            assert next(results) == 0
+            wait(started)  # item 1 runs, item 2 waits in the queue
+            results.close()
+            release.set()
+        assert ran.as_dict() == {"item 0": "A", "item 1": "A"}  # item 2 was cancelled
+
     def test_bind_and_snapshot_are_not_copied_twice(
         self, storage: AsyncLocalStorage[object], copies: list[None]
     ) -> None:
