@@ -2,18 +2,24 @@
 
 Invariants:
 
-* ``submit`` copies the caller's context (one ``copy_context()`` per task)
-  and hands the executor ``copy.run`` as the callable, so the task runs in
-  its own copy: nothing it sets reaches the submitter or the worker's next
-  task, and the copy is dropped with the work item.
-* ``map`` captures the caller's context once, when it is called, and runs
-  each item in a fresh copy of that capture, also for items that the
-  executor submits later (3.14's ``buffersize``) from whichever thread
-  consumes the results.
+* ``ContextThreadPoolExecutor``: its work queue binds each work item, as
+  ``ThreadPoolExecutor.submit`` queues it in the submitter's thread, to a
+  fresh ``copy_context()``; only the task runs in it (``bind_work_item``).
+  That is below every wrapper of ``submit`` (a subclass's, another
+  library's), so what such a wrapper sets for the task runs inside the copy
+  and wins over it; nothing a task sets reaches the submitter or the
+  worker's next task, and the copy is dropped with the work item.
+* ``wrap_executor`` wraps any executor from outside: its ``submit`` hands
+  the executor ``copy.run`` as the callable, above the executor's own
+  ``submit`` and anything wrapping it.
+* ``map`` runs every submit, also those that 3.14's ``buffersize`` makes
+  while another thread consumes the results, from a copy of the context of
+  ``map()``'s caller (``results_in``); ``wrap_executor`` binds each item to
+  that copy instead (``RunInCopy``).
 * Worker threads start outside any request. Where new threads inherit
   their starter's context (CPython 3.14's ``thread_inherit_context``),
-  ``ContextThreadPoolExecutor`` creates them in a new, empty ``Context`` and
-  ``wrap_executor`` runs a wrapped ``ThreadPoolExecutor``'s ``submit`` in
+  ``ContextThreadPoolExecutor`` starts them in a new, empty ``Context``
+  and ``wrap_executor`` runs a wrapped ``ThreadPoolExecutor``'s ``submit`` in
   one; under ``als.patch()`` pool workers start empty as service threads.
   So a worker started while request A submits is never pinned to A.
 * Futures handed back are the executor's own futures, not proxies, so
@@ -27,14 +33,16 @@ Invariants:
 from __future__ import annotations
 
 import functools
+import queue
 import sys
+import types
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
 from contextvars import Context, copy_context
 from typing import Any, ParamSpec, TypeVar
 
 from . import _threads
-from ._context import ForkSafeLock, not_callable
+from ._context import BoundFunction, ForkSafeLock, Snapshot, not_callable
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -130,9 +138,9 @@ def adopt(future: Future[R]) -> Future[R]:
 
 
 class RunInCopy:
-    """``fn(*args)`` in a fresh copy of a context captured once: ``map``'s items.
+    """``fn(*args)`` in a fresh copy of a context captured once: ``wrap_executor``'s map items.
 
-    ``submit`` recognises it and adds no second copy.
+    ``submit`` and the patch's work item recognise it and add no second copy.
     """
 
     __slots__ = ("_context", "_fn")
@@ -143,6 +151,84 @@ class RunInCopy:
 
     def __call__(self, /, *args: Any) -> Any:  # map() passes positional arguments only
         return self._context.copy().run(self._fn, *args)
+
+
+_IN_A_CONTEXT = (RunInCopy, BoundFunction, Snapshot)
+
+
+def runs_in_a_context(fn: object) -> bool:
+    """True for a callable that enters a context itself: no second copy.
+
+    ``Context.run`` (als's executors pass ``copy.run``), a ``functools.partial``
+    over it (``asyncio.to_thread``), ``bind``/``snapshot`` results and map
+    items bound by ``wrap_executor``.
+    """
+    if type(fn) is functools.partial:
+        fn = fn.func
+    kind = type(fn)
+    if kind in _IN_A_CONTEXT:
+        return True
+    return kind is types.BuiltinMethodType and type(getattr(fn, "__self__", None)) is Context
+
+
+# Until 3.14 is the minimum supported Python: a work item holds fn/args/kwargs
+# before it, the executor's resolved task (fn, args, kwargs) from it.
+_TASK_TUPLE = sys.version_info >= (3, 14)
+
+
+def bind_work_item(item: Any, context: Context | None = None) -> None:
+    """Make a thread pool's work item run its task, and only its task, in a copy of a context.
+
+    ``context`` is that copy, taken earlier; by default a copy of the current
+    context is taken here. The future's ``set_result``/``set_exception``, and
+    so the standard library's done callbacks, stay outside it. An item whose
+    callable enters a context itself is left as it is, and no copy is made.
+    """
+    if _TASK_TUPLE:
+        fn, args, kwargs = item.task
+        if not runs_in_a_context(fn):
+            item.task = ((context or copy_context()).run, (fn, *args), kwargs)
+    elif not runs_in_a_context(item.fn):
+        item.args = (item.fn, *item.args)
+        item.fn = (context or copy_context()).run
+
+
+class _WorkQueue(queue.SimpleQueue):  # type: ignore[type-arg]
+    """A ``ContextThreadPoolExecutor``'s work queue: binds each item to a copy of its submitter's context.
+
+    ``ThreadPoolExecutor.submit`` puts the item here in the submitter's
+    thread, below every wrapper of ``submit`` (a subclass's, Sentry's,
+    OpenTelemetry's): the task runs in the copy, with whatever such a wrapper
+    sets for it inside, so that wins over the copy. ``None`` (shutdown) and
+    items bound already (by ``als.patch()``'s work item) go in as they are.
+    """
+
+    __slots__ = ()
+
+    def put(self, item: Any, block: bool = True, timeout: float | None = None) -> None:
+        if item is not None:
+            bind_work_item(item)
+        super().put(item, block, timeout)
+
+
+def results_in(context: Context, results: Iterator[R]) -> Iterator[R]:
+    """Iterate ``results`` (a ``map()``'s) with each step in ``context``; closing this closes them.
+
+    3.14's ``map(buffersize=)`` submits further items while its results are
+    consumed, from whichever thread and context consumes them: stepping in
+    the context of ``map()``'s caller makes those submits happen there.
+    """
+    try:
+        while True:
+            try:
+                item = context.run(next, results)
+            except StopIteration:
+                return
+            yield item
+    finally:
+        close = getattr(results, "close", None)
+        if close is not None:
+            context.run(close)
 
 
 def check_in_process(function: str, executor: object) -> None:
@@ -180,6 +266,17 @@ class ContextThreadPoolExecutor(ThreadPoolExecutor):
     is pending.
     """
 
+    def __init__(
+        self,
+        max_workers: int | None = None,
+        thread_name_prefix: str = "",
+        initializer: Callable[..., object] | None = None,
+        initargs: tuple[Any, ...] = (),
+        **kwargs: Any,  # 3.14+: prepare_context()'s own arguments
+    ) -> None:
+        super().__init__(max_workers, thread_name_prefix, initializer, initargs, **kwargs)
+        self._work_queue: queue.SimpleQueue[Any] = _WorkQueue()  # no worker reads the first one yet
+
     if _threads.INHERITS:
 
         def _adjust_thread_count(self) -> None:
@@ -195,12 +292,11 @@ class ContextThreadPoolExecutor(ThreadPoolExecutor):
             TypeError: ``fn`` is not callable (here, not in the worker).
             RuntimeError: the executor is shut down (as ``ThreadPoolExecutor``).
         """
-        submit: Callable[..., Future[R]] = super().submit  # looked up per call: wrappers added later count
-        if type(fn) is RunInCopy:  # from map(): bound already, and the future stays inside map()
-            return submit(fn, *args, **kwargs)
         if not callable(fn):
             not_callable("submit", "fn", fn)
-        return adopt(submit(copy_context().run, fn, *args, **kwargs))
+        # super().submit per call: a wrapper of ThreadPoolExecutor.submit added later counts.
+        # The work queue binds the task to a copy of this context, below such wrappers.
+        return adopt(super().submit(fn, *args, **kwargs))
 
     def map(
         self,
@@ -212,13 +308,19 @@ class ContextThreadPoolExecutor(ThreadPoolExecutor):
     ) -> Iterator[R]:
         """``ThreadPoolExecutor.map``, each call in a copy of the context current here.
 
+        Every item is submitted from that context, also those that 3.14's
+        ``buffersize`` submits while another thread consumes the results.
+
         Raises:
             TypeError: ``fn`` is not callable (here, before anything is submitted).
         """
         if not callable(fn):
             not_callable("map", "fn", fn)
-        bound = RunInCopy(copy_context(), fn)
-        return super().map(bound, *iterables, timeout=timeout, chunksize=chunksize, **kwargs)
+        context = copy_context()
+        submit_all: Callable[..., Iterator[R]] = super().map
+        return results_in(
+            context, context.run(submit_all, fn, *iterables, timeout=timeout, chunksize=chunksize, **kwargs)
+        )
 
 
 class ContextExecutor(Executor):

@@ -64,8 +64,8 @@ from contextvars import Context, copy_context
 from typing import Any
 
 from . import _threads
-from ._context import BoundFunction, ForkSafeLock, Snapshot
-from ._executors import RunInCopy
+from ._context import ForkSafeLock
+from ._executors import ContextThreadPoolExecutor, bind_work_item, results_in, runs_in_a_context
 from ._threads import _RunsInStartersContext
 
 # Until 3.14 is the minimum supported Python: before it, threads have no native context.
@@ -88,7 +88,6 @@ _SERVICE_MODULES = frozenset(
         "logging.handlers",
     }
 )
-_IN_A_CONTEXT = (RunInCopy, BoundFunction, Snapshot)
 
 
 class _Generation:
@@ -110,16 +109,6 @@ _blocks = 0  # open patched() blocks
 _patched_by_blocks = False  # patched by the first patched() block, not by patch()
 
 
-def _runs_in_a_context(fn: object) -> bool:
-    """True for a callable that enters a context itself: no second copy."""
-    if type(fn) is functools.partial:
-        fn = fn.func
-    kind = type(fn)
-    if kind in _IN_A_CONTEXT:
-        return True
-    return kind is types.BuiltinMethodType and type(getattr(fn, "__self__", None)) is Context
-
-
 def _sends_work_elsewhere(executor: Executor) -> bool:
     """True for 3.14's InterpreterPoolExecutor (a ThreadPoolExecutor subclass): a Context cannot follow."""
     if type(executor) is ThreadPoolExecutor:
@@ -132,7 +121,7 @@ def _inherits(thread: threading.Thread) -> bool:
     """Whether a thread about to start should get a copy of its starter's context."""
     if not getattr(thread, "als_inherit_context", True):
         return False
-    target = getattr(thread, "_target", None)  # not thread.__dict__: see _threads.run_in()
+    target = getattr(thread, "_target", None)  # not thread.__dict__: an instance dict costs Thread's own code
     module = type(thread).__module__ if target is None else getattr(target, "__module__", None)
     return module not in _SERVICE_MODULES
 
@@ -202,7 +191,7 @@ def _low_level_start(original: Callable[..., Any], generation: _Generation) -> C
 
         def start_thread(function: Any, handle: Any = None, daemon: bool = True) -> Any:
             made = _made_by_start.pop(threading.get_ident(), None) if _made_by_start else None
-            if made is not None:
+            if made is not None and generation.active:
                 thread = getattr(function, "__self__", None)
                 if isinstance(thread, thread_class) and thread._context is made:  # type: ignore[attr-defined]
                     if _inherits(thread):
@@ -259,26 +248,26 @@ def _work_item(original: type, generation: _Generation) -> type:
     base_init: Callable[..., None] = original.__init__  # type: ignore[misc]
 
     if _NATIVE_THREAD_CONTEXT:
-        worker_context = _futures_thread.WorkerContext  # type: ignore[attr-defined]
-
-        # 3.14+: the item holds the executor's resolved task. Only the thread
-        # pool's own WorkerContext runs (fn, args, kwargs) here; any other one
-        # (an InterpreterPoolExecutor's) sends the task elsewhere, unwrapped.
+        # 3.14+: the item holds the executor's resolved task, bound here like
+        # any other; which WorkerContext runs it is known only in the worker.
+        # An InterpreterPoolExecutor's sends the task to another interpreter:
+        # it gets the task unbound. Any other runs (fn, args, kwargs) here.
         class WorkItem14(original):  # type: ignore[misc]
             def __init__(self, future: Future[Any], task: Any) -> None:
                 base_init(self, future, task)
-                self._als_context = (
-                    copy_context()
-                    if generation.active and type(task) is tuple and not _runs_in_a_context(task[0])
-                    else None
-                )
+                self._als_unbound = None
+                if generation.active and type(task) is tuple:
+                    bind_work_item(self)
+                    if self.task is not task:
+                        self._als_unbound = task
 
             def run(self, ctx: Any) -> None:
-                context = self._als_context
-                if context is not None and type(ctx) is worker_context:
-                    self._als_context = None
-                    fn, args, kwargs = self.task  # type: ignore[has-type]
-                    self.task = (context.run, (fn, *args), kwargs)
+                unbound = self._als_unbound
+                if unbound is not None:
+                    self._als_unbound = None
+                    interpreters = sys.modules.get("concurrent.futures.interpreter")
+                    if interpreters is not None and isinstance(ctx, interpreters.WorkerContext):
+                        self.task = unbound  # for another interpreter: as the executor resolved it
                 original.run(self, ctx)  # type: ignore[attr-defined]
 
         made: type = WorkItem14
@@ -286,10 +275,9 @@ def _work_item(original: type, generation: _Generation) -> type:
 
         class WorkItem(original):  # type: ignore[misc]
             def __init__(self, future: Future[Any], fn: Any, args: Any, kwargs: Any) -> None:
-                if generation.active and (type(fn) is types.FunctionType or not _runs_in_a_context(fn)):
-                    args = (fn, *args)
-                    fn = copy_context().run
                 base_init(self, future, fn, args, kwargs)
+                if generation.active:
+                    bind_work_item(self)
 
         made = WorkItem
     made.__name__ = original.__name__
@@ -298,21 +286,6 @@ def _work_item(original: type, generation: _Generation) -> type:
     made.__doc__ = original.__doc__
     made.__wrapped__ = original  # type: ignore[attr-defined]
     return made
-
-
-def _results_in(context: Context, results: Iterator[Any]) -> Iterator[Any]:
-    """Iterate ``results`` with each step in ``context``; closing this closes them."""
-    try:
-        while True:
-            try:
-                item = context.run(next, results)
-            except StopIteration:
-                return
-            yield item
-    finally:
-        close = getattr(results, "close", None)
-        if close is not None:
-            context.run(close)
 
 
 def _thread_pool_map(original: Callable[..., Iterator[Any]], generation: _Generation) -> Any:
@@ -329,11 +302,17 @@ def _thread_pool_map(original: Callable[..., Iterator[Any]], generation: _Genera
     def map(  # noqa: A001 - functools.wraps names it map anyway
         self: ThreadPoolExecutor, fn: Callable[..., Any], *iterables: Any, **kwargs: Any
     ) -> Iterator[Any]:
-        if not generation.active or _runs_in_a_context(fn) or _sends_work_elsewhere(self):
-            # Inactive, bound already (ContextThreadPoolExecutor.map), or bound for another interpreter.
+        if (
+            not generation.active
+            or isinstance(self, ContextThreadPoolExecutor)
+            or runs_in_a_context(fn)
+            or _sends_work_elsewhere(self)
+        ):
+            # Inactive, submitting from its caller's context already (als's own executor, or items
+            # bound by wrap_executor), or bound for another interpreter.
             return original(self, fn, *iterables, **kwargs)
         context = copy_context()
-        return _results_in(context, context.run(original, self, fn, *iterables, **kwargs))
+        return results_in(context, context.run(original, self, fn, *iterables, **kwargs))
 
     return map
 
@@ -425,6 +404,7 @@ def _unpatch() -> None:
             _sweep(owner, name)
         return
     _generation.active = False
+    _made_by_start.clear()  # a start caught between recording and the hook keeps nothing
     for owner, name, installed in _installed:
         if vars(owner).get(name, _ABSENT) is installed:
             _sweep(owner, name)  # the generation is off: puts back what it replaced

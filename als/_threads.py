@@ -12,8 +12,10 @@ Invariants:
   ``Thread._context``, set by ``start()`` to the copy, so nothing is copied a
   second time where the interpreter would copy too
   (``sys.flags.thread_inherit_context``). 3.10 to 3.13: ``start()`` hands
-  the copy to ``run()`` (``_als_run_in``), or wraps an overridden ``run()``
-  on the instance (``start_in``).
+  the copy to the new thread (``_als_run_in``), whose whole ``_bootstrap``
+  runs in it. Either way the copy is entered outside ``run()``, so a wrapper
+  that another library puts on ``run()`` (Sentry's per-thread scopes) runs
+  inside it, and what that wrapper sets for the thread wins.
 """
 
 from __future__ import annotations
@@ -21,7 +23,6 @@ from __future__ import annotations
 import numbers
 import sys
 import threading
-import types
 from collections.abc import Callable, Iterable, Mapping
 from contextvars import Context, copy_context
 from typing import Any
@@ -51,60 +52,6 @@ def _set_context(thread: _RunsInStartersContext, context: Context) -> None:
         thread._als_context = context
 
 
-def run_in(thread: threading.Thread, context: Context) -> Callable[[], None]:
-    """Make ``thread.run()`` run in ``context``; return a function that undoes it.
-
-    ``run`` becomes an instance attribute (a method bound to the thread, as
-    other instrumentation expects), so that Thread's bootstrap calls it in
-    place of ``run()`` whatever class defines ``run()``. It undoes itself when
-    ``run()`` ends, so a finished thread keeps no context, and puts back a
-    ``run`` that the instance had of its own.
-
-    Attribute access only, never ``thread.__dict__``: on CPython 3.11+ that
-    turns the thread's inline attribute values into a real dict, which makes
-    every later attribute access of Thread's own start/join code slower (about
-    1.5% of a thread's start+join, more than the rest of this together).
-    """
-    run = thread.run  # the class's run(), a subclass's override, or another wrapper
-    # A method bound from the class's own function is not the instance's own:
-    # undo deletes the instance attribute. Anything else is put back.
-    from_class = getattr(run, "__func__", None) is getattr(type(thread), "run", None)
-    own = None if from_class else run
-
-    def undo() -> None:
-        if own is not None:
-            thread.run = own  # type: ignore[method-assign]
-            return
-        try:
-            del thread.run
-        except AttributeError:  # pragma: no cover - removed by someone else meanwhile
-            pass
-
-    def run_in_context(self: threading.Thread) -> None:
-        try:
-            context.run(run)
-        finally:
-            # Thread.run drops target/args for the same reason: a finished
-            # thread must not keep the request's store alive.
-            undo()
-
-    thread.run = types.MethodType(run_in_context, thread)  # type: ignore[method-assign]
-    return undo
-
-
-def start_in(thread: threading.Thread, context: Context, start: Callable[[], None]) -> None:
-    """Call ``start()`` (which starts ``thread``) with the thread's ``run()`` running in ``context``."""
-    if thread.ident is not None:  # started before: let Thread raise its own error
-        start()
-        return
-    undo = run_in(thread, context)
-    try:
-        start()
-    except BaseException:
-        undo()
-        raise
-
-
 class _RunsInStartersContext(threading.Thread):
     """Mix-in: ``run()`` runs in a copy of the context of ``start()``'s caller."""
 
@@ -130,38 +77,32 @@ class _RunsInStartersContext(threading.Thread):
                 self._context = None
 
     else:
-        # Where run() is this class's own (no override), start() leaves the
-        # context in _als_run_in and run() takes it from there: no instance
-        # attribute run, which costs Thread's own code more on 3.11+. An
-        # overridden run() is wrapped on the instance by start_in.
+        # Until 3.14 is the minimum supported Python: start() hands the copy
+        # to the new thread, which runs its whole bootstrap, and so run()
+        # (any override, and any wrapper another library set on the instance),
+        # in it, as the patch's start hook does for plain threads.
         _als_context: Context | None = None  # given at construction (context=)
-        _als_run_in: Context | None = None  # handed from start() to run(), then dropped
+        _als_run_in: Context | None = None  # handed from start() to the new thread, then dropped
 
         def start(self) -> None:
             context = self._als_context
-            if context is None:
-                context = copy_context()
-            if type(self).run is not _RunsInStartersContext.run:  # a subclass overrides run()
-                start_in(self, context, super().start)
-            elif self._ident is not None:  # type: ignore[attr-defined]
-                # Started before: let Thread raise its own error. (``_ident`` is
-                # what the ``ident`` property returns, read without the call.)
+            made = self._ident is None  # type: ignore[attr-defined]  # else: let Thread raise its own error
+            if made:
+                self._als_run_in = copy_context() if context is None else context
+            try:
                 super().start()
-            else:
-                self._als_run_in = context
-                try:
-                    super().start()
-                except BaseException:
+            except BaseException:
+                if made:
                     self._als_run_in = None
-                    raise
+                raise
 
-        def run(self) -> None:
+        def _bootstrap(self) -> None:
             # Taken, and the attribute cleared, first: a finished thread keeps no context.
             context, self._als_run_in = self._als_run_in, None
-            if context is None:  # started by other means, or run() called directly
-                super().run()
+            if context is None:  # started by other means
+                super()._bootstrap()  # type: ignore[misc]
             else:
-                context.run(super().run)
+                context.run(super()._bootstrap)  # type: ignore[misc]
 
 
 class ContextThread(_RunsInStartersContext):

@@ -390,9 +390,14 @@ class ASGIRequestId(_RequestId[_ASGIApp]):
     (Starlette's and FastAPI's ``app.add_middleware``, which the scope shows
     by naming the app in ``scope["app"]``), it leaves that 500 to the
     framework: the app's own handler answers, with its own body and no id
-    header, and the id stays current in the request's task (each request's
-    own, under ASGI servers) so the handler's and the server's error lines
-    carry it. The middleware's own 500 and 400 are sent with their id as the
+    header, and the id is left current in the task that called the app, so
+    the handler's and the server's error lines carry it. Under an ASGI
+    server that task is the request's own and ends with it; a caller that
+    runs requests in a task of its own (httpx's ``ASGITransport``) keeps the
+    id current there after a failed request, until its next request through
+    the middleware. A ``BaseHTTPMiddleware`` between the framework's error
+    handling and this one runs the app in a task of its own: the handler
+    then sees no id. The middleware's own 500 and 400 are sent with their id as the
     store, as the app's responses are, so a server that logs inside ``send``
     (uvicorn's access log) shows it.
 

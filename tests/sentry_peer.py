@@ -3,10 +3,11 @@
 Sentry patches ``Thread.start`` and ``ThreadPoolExecutor.submit`` once per
 process and never undoes it, so the test suite runs this module in a child
 process: ``python -m tests.sentry_peer ORDER`` (ORDER: ``sentry-first`` or
-``als-first``). It runs three on/off cycles of both libraries, serving two
-requests per cycle whose pool tasks, threads and timers set Sentry tags and
-send events, and prints what every hop saw and every event Sentry would have
-sent, as JSON. Events are caught by a transport here: nothing leaves the
+``als-first``, for the standard library's hops under ``als.patch()``, or
+``own-wrappers``, for als's own executor, thread and timer and no patch). It
+runs three on/off cycles, serving two requests per cycle whose pool tasks,
+threads and timers set Sentry tags and send events, and prints what every hop
+saw and every event Sentry would have sent, as JSON. Events are caught by a transport here: nothing leaves the
 process.
 """
 
@@ -64,15 +65,18 @@ def hop(request: str, kind: str) -> str | None:
     return store
 
 
-def request(name: str) -> None:
+def request(name: str, own: bool) -> None:
+    pool_class = als.ContextThreadPoolExecutor if own else ThreadPoolExecutor
+    thread_class = als.ContextThread if own else threading.Thread
+    timer_class = als.ContextTimer if own else threading.Timer
     with sentry_sdk.isolation_scope():  # what Sentry's web integrations do per request
         sentry_sdk.set_user({"id": f"user of {name}"})
-        with ThreadPoolExecutor(max_workers=1) as pool:
+        with pool_class(max_workers=1) as pool:
             pool.submit(hop, name, "submit").result(10)
             list(pool.map(hop, [name], ["map"]))
         threads = [
-            threading.Thread(target=hop, args=(name, "thread")),
-            threading.Timer(0, hop, args=(name, "timer")),
+            thread_class(target=hop, args=(name, "thread")),
+            timer_class(0, hop, args=(name, "timer")),
         ]
         for thread in threads:
             thread.start()
@@ -101,12 +105,16 @@ def main(order: str) -> dict[str, Any]:
     before = als_objects()
     after_cycles = []
     for cycle in range(3):
-        steps = [sentry_on, als.patch] if order == "sentry-first" else [als.patch, sentry_on]
+        steps = {
+            "sentry-first": [sentry_on, als.patch],
+            "als-first": [als.patch, sentry_on],
+            "own-wrappers": [sentry_on],
+        }[order]
         for step in steps:
             step()
         for n in range(2):
             name = f"cycle {cycle} request {n}"
-            storage.run(name, request, name)
+            storage.run(name, request, name, order == "own-wrappers")
         for step in steps:  # each undone in the order done
             (sentry_off if step is sentry_on else als.unpatch)()
         after_cycles.append(als_objects())

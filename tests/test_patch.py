@@ -15,14 +15,17 @@ import sys
 import threading
 import types
 import weakref
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
 from typing import Any
 
 import pytest
 
 import als
+import als._context
+import als._executors
 import als._patch
+import als._threads
 from als import AsyncLocalStorage
 
 from .helpers import (
@@ -83,14 +86,14 @@ def patched_process() -> Iterator[None]:
 
 @pytest.fixture
 def copies(monkeypatch: pytest.MonkeyPatch) -> list[None]:
-    """Counts the copies the patch makes of a request's context (at most one per hop).
+    """Counts the copies als makes of a request's context (at most one per hop), in every module.
 
     Copies of an empty context, made when a pool starts a worker thread
     outside any request, are not counted: whether a hop starts a worker
     depends on timing.
     """
     made: list[None] = []
-    original = als._patch.copy_context
+    original = contextvars.copy_context
 
     def counting() -> contextvars.Context:
         context = original()
@@ -98,7 +101,8 @@ def copies(monkeypatch: pytest.MonkeyPatch) -> list[None]:
             made.append(None)
         return context
 
-    monkeypatch.setattr(als._patch, "copy_context", counting)
+    for module in (als._context, als._executors, als._patch, als._threads):
+        monkeypatch.setattr(module, "copy_context", counting)
     return made
 
 
@@ -243,7 +247,7 @@ class TestThreads:
     def test_als_threads_are_not_copied_twice(
         self, storage: AsyncLocalStorage[object], copies: list[None]
     ) -> None:
-        """ContextThread and ContextTimer copy for themselves; the patch adds no copy."""
+        """ContextThread and ContextTimer copy for themselves; the patch adds no copy: one per thread."""
         recorder = Recorder()
         threads = [
             als.ContextThread(target=lambda: recorder("thread", storage.get_store())),
@@ -252,7 +256,7 @@ class TestThreads:
         storage.run("A", lambda: [t.start() for t in threads])
         join_all(threads)
         assert recorder.as_dict() == {"thread": "A", "timer": "A"}
-        assert copies == []
+        assert len(copies) == 2
 
 
 @pytest.mark.usefixtures("patched_process")
@@ -402,20 +406,26 @@ class TestThreadPools:
     def test_als_executors_are_not_copied_twice(
         self, storage: AsyncLocalStorage[object], copies: list[None]
     ) -> None:
-        """ContextThreadPoolExecutor and wrap_executor run under the patch with no extra copy."""
+        """ContextThreadPoolExecutor and wrap_executor under the patch: one copy per task, and one
+        per map() call for the context its submits run in."""
         with als.ContextThreadPoolExecutor(max_workers=1) as own, ThreadPoolExecutor(max_workers=1) as plain:
             wrapped = als.wrap_executor(plain)
-
-            def request() -> list[object]:
-                return [
-                    own.submit(storage.get_store).result(TIMEOUT),
-                    wrapped.submit(storage.get_store).result(TIMEOUT),
-                    *own.map(lambda _: storage.get_store(), range(2)),
-                    *wrapped.map(lambda _: storage.get_store(), range(2)),
-                ]
-
-            assert storage.run("A", request) == ["A"] * 6
-        assert copies == []
+            hops: dict[str, Callable[[], list[object]]] = {
+                "own submit": lambda: [own.submit(storage.get_store).result(TIMEOUT)],
+                "wrapped submit": lambda: [wrapped.submit(storage.get_store).result(TIMEOUT)],
+                "own map": lambda: list(own.map(lambda _: storage.get_store(), range(2))),
+                "wrapped map": lambda: list(wrapped.map(lambda _: storage.get_store(), range(2))),
+            }
+            seen = {}
+            for hop, call in hops.items():
+                copies.clear()
+                seen[hop] = (storage.run("A", call), len(copies))
+        assert seen == {
+            "own submit": (["A"], 1),
+            "wrapped submit": (["A"], 1),
+            "own map": (["A", "A"], 3),
+            "wrapped map": (["A", "A"], 1),  # its items run in copies of that one (Context.copy)
+        }
 
     def test_one_copy_per_plain_submit(self, storage: AsyncLocalStorage[object], copies: list[None]) -> None:
         """A plain submit() costs exactly one context copy."""
@@ -435,6 +445,29 @@ class TestThreadPools:
             release.set()
             future.result(TIMEOUT)
         assert recorder.as_dict() == {"callback": None}
+
+    @pytest.mark.skipif(sys.version_info < (3, 14), reason="prepare_context() is new in 3.14")
+    def test_a_pool_with_a_worker_context_of_its_own(self, storage: AsyncLocalStorage[object]) -> None:
+        """3.14's extension point: a ThreadPoolExecutor subclass whose prepare_context() returns its own
+        WorkerContext subclass, running tasks in this process, propagates like a plain pool."""
+        from concurrent.futures.thread import WorkerContext  # type: ignore[attr-defined]
+
+        class Counting(WorkerContext):  # type: ignore[misc]
+            ran = 0
+
+            def run(self, task: Any) -> Any:
+                Counting.ran += 1
+                return super().run(task)
+
+        class Pool(ThreadPoolExecutor):
+            @classmethod
+            def prepare_context(cls, initializer: Any, initargs: Any) -> Any:  # type: ignore[override]
+                return Counting.prepare(initializer, initargs)
+
+        with Pool(max_workers=1) as executor:
+            assert storage.run("A", executor.submit, storage.get_store).result(TIMEOUT) == "A"
+            assert list(storage.run("B", executor.map, lambda _: storage.get_store(), [1])) == ["B"]
+        assert Counting.ran == 2
 
     @pytest.mark.skipif(sys.version_info < (3, 14), reason="InterpreterPoolExecutor is new in 3.14")
     def test_work_sent_to_another_interpreter_is_left_alone(self, storage: AsyncLocalStorage[object]) -> None:
@@ -714,10 +747,10 @@ class TestPeers:
         # Without als, a thread (and a pool's worker) inherits its starter's context only under the flag.
         assert {v for k, v in seen.items() if not k.startswith("both")} == {"A" if THREADS_INHERIT else None}
 
-    @pytest.mark.parametrize("order", ["sentry-first", "als-first"])
+    @pytest.mark.parametrize("order", ["sentry-first", "als-first", "own-wrappers"])
     def test_sentry_threading_integration(self, order: str) -> None:
         """Regression (#12): Sentry's ThreadingIntegration (its defaults) and als.patch(), set up in either
-        order, three on/off cycles. Every hop sees its request's store; a tag a task sets reaches only
+        order, or als's own executor, thread and timer with no patch; three on/off cycles. Every hop sees its request's store; a tag a task sets reaches only
         the task's own event, never the request's; a task's event carries the request's user, as with
         Sentry alone; als's objects are back by identity after each cycle and Sentry's wrappers do not
         pile up. In a child process (tests/sentry_peer.py): Sentry patches for the process's life."""
