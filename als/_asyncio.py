@@ -14,16 +14,18 @@ Invariants:
 
 from __future__ import annotations
 
-import asyncio
 import functools
 from collections.abc import Callable
 from concurrent.futures import Executor
 from contextvars import Context, copy_context
-from typing import ParamSpec, TypeVar
+from typing import TYPE_CHECKING, ParamSpec, TypeVar
 
 from . import _threads
 from ._context import not_callable
 from ._executors import ContextExecutor, ContextThreadPoolExecutor, check_in_process
+
+if TYPE_CHECKING:
+    import asyncio  # imported when called: `import als` stays light (and imports no ssl before gevent)
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -54,6 +56,8 @@ def run_in_executor(
                 f" not {type(executor).__name__}"
             )
         check_in_process("run_in_executor", executor)
+    import asyncio  # noqa: PLC0415 - see the TYPE_CHECKING import
+
     loop = asyncio.get_running_loop()
     if isinstance(executor, (ContextThreadPoolExecutor, ContextExecutor)):
         # It copies the context itself at submit(), which happens right here.
@@ -82,6 +86,8 @@ def install_default_executor(
         RuntimeError: ``loop`` is None and no event loop is running.
         TypeError: ``loop`` is not an event loop, or ``max_workers`` is not an int.
     """
+    import asyncio  # noqa: PLC0415 - see the TYPE_CHECKING import
+
     if loop is None:
         try:
             loop = asyncio.get_running_loop()

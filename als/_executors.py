@@ -37,7 +37,7 @@ import queue
 import sys
 import types
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from contextvars import Context, copy_context
 from typing import Any, ParamSpec, TypeVar
 
@@ -233,9 +233,10 @@ def results_in(context: Context, results: Iterator[R]) -> Iterator[R]:
 
 def check_in_process(function: str, executor: object) -> None:
     """Refuse executors that send work to another process or interpreter."""
-    # 3.14's InterpreterPoolExecutor: none can exist unless its module is loaded.
+    # Neither kind can exist unless its module is loaded (and `import als` loads neither).
+    processes = sys.modules.get("concurrent.futures.process")
     interpreters = sys.modules.get("concurrent.futures.interpreter")
-    if isinstance(executor, ProcessPoolExecutor) or (
+    if (processes is not None and isinstance(executor, processes.ProcessPoolExecutor)) or (
         interpreters is not None and isinstance(executor, interpreters.InterpreterPoolExecutor)
     ):
         raise TypeError(

@@ -52,21 +52,23 @@ from __future__ import annotations
 
 import contextvars
 import functools
-import multiprocessing.pool
 import sys
 import threading
 import types
 from collections.abc import Callable, Iterator
-from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from concurrent.futures import thread as _futures_thread
 from contextlib import contextmanager
 from contextvars import Context, copy_context
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import _threads
 from ._context import ForkSafeLock
 from ._executors import ContextThreadPoolExecutor, bind_work_item, results_in, runs_in_a_context
 from ._threads import _RunsInStartersContext
+
+if TYPE_CHECKING:
+    from concurrent.futures import ProcessPoolExecutor
 
 # Until 3.14 is the minimum supported Python: before it, threads have no native context.
 _NATIVE_THREAD_CONTEXT = sys.version_info >= (3, 14)
@@ -350,6 +352,10 @@ def _pool_workers(original: Any, generation: _Generation) -> Any:
 
 
 def _targets() -> list[tuple[object, str, Callable[[Any, _Generation], Any]]]:
+    # Imported here, when patching, not with als: `import als` loads no multiprocessing.
+    import multiprocessing.pool  # noqa: PLC0415
+    from concurrent.futures import ProcessPoolExecutor  # noqa: PLC0415
+
     targets: list[tuple[object, str, Callable[[Any, _Generation], Any]]] = [
         (threading, _LOW_LEVEL_START, _low_level_start),
         (_futures_thread, "_WorkItem", _work_item),
