@@ -753,7 +753,8 @@ class TestPeers:
         order, or als's own executor, thread and timer with no patch; three on/off cycles. Every hop
         sees its request's store; a tag a task sets reaches only the task's own event, never the
         request's; a task's event carries the request's user, as with Sentry alone; als's objects are
-        back by identity after each cycle and Sentry's wrappers do not pile up. In a child process (tests/sentry_peer.py): Sentry patches for the process's life."""
+        back by identity after each cycle and Sentry's wrappers do not pile up. In a child process
+        (tests/sentry_peer.py): Sentry patches for the process's life."""
         child = subprocess.run(
             [sys.executable, "-m", "tests.sentry_peer", order],
             cwd=EXAMPLES.parent,
