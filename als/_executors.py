@@ -2,13 +2,15 @@
 
 Invariants:
 
-* ``ContextThreadPoolExecutor``: its work queue binds each work item, as
-  ``ThreadPoolExecutor.submit`` queues it in the submitter's thread, to a
-  fresh ``copy_context()``; only the task runs in it (``bind_work_item``).
-  That is below every wrapper of ``submit`` (a subclass's, another
-  library's), so what such a wrapper sets for the task runs inside the copy
-  and wins over it; nothing a task sets reaches the submitter or the
-  worker's next task, and the copy is dropped with the work item.
+* ``ContextThreadPoolExecutor``: inside ``ThreadPoolExecutor.submit``, in
+  the submitter's thread, each task is bound to a fresh ``copy_context()``;
+  only the task runs in it. 3.14+: the executor's task resolver
+  (``prepare_context``) does it, in place of the plain one; 3.10 to 3.13:
+  its work queue's ``put`` (``bind_work_item``). Either is below every
+  wrapper of ``submit`` (a subclass's, another library's), so what such a
+  wrapper sets for the task runs inside the copy and wins over it; nothing a
+  task sets reaches the submitter or the worker's next task, and the copy is
+  dropped with the work item.
 * ``wrap_executor`` wraps any executor from outside: its ``submit`` hands
   the executor ``copy.run`` as the callable, above the executor's own
   ``submit`` and anything wrapping it.
@@ -193,6 +195,33 @@ def bind_work_item(item: Any, context: Context | None = None) -> None:
         item.fn = (context or copy_context()).run
 
 
+# 3.14+: what ThreadPoolExecutor's own WorkerContext.prepare() resolves tasks with.
+_PLAIN_RESOLVER = "WorkerContext.prepare.<locals>.resolve_task"
+
+
+def _resolve_in_copy(fn: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Any, ...]:
+    """3.14+: a ``ContextThreadPoolExecutor``'s task resolver: ``fn`` in a copy of the submitter's context."""
+    if type(fn) is types.FunctionType or not runs_in_a_context(fn):
+        return (copy_context().run, (fn, *args), kwargs)
+    return (fn, args, kwargs)
+
+
+class _ResolveInCopy:
+    """3.14+: another resolver (a subclass's own WorkerContext), its task's callable run in a copy."""
+
+    __slots__ = ("_resolve",)
+
+    def __init__(self, resolve: Callable[..., Any]) -> None:
+        self._resolve = resolve
+
+    def __call__(self, fn: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        task = self._resolve(fn, args, kwargs)
+        if type(task) is tuple and len(task) == 3 and callable(task[0]) and not runs_in_a_context(task[0]):
+            inner, inner_args, inner_kwargs = task
+            return (copy_context().run, (inner, *inner_args), inner_kwargs)
+        return task
+
+
 class _WorkQueue(queue.SimpleQueue):  # type: ignore[type-arg]
     """A ``ContextThreadPoolExecutor``'s work queue: binds each item to a copy of its submitter's context.
 
@@ -267,16 +296,32 @@ class ContextThreadPoolExecutor(ThreadPoolExecutor):
     is pending.
     """
 
-    def __init__(
-        self,
-        max_workers: int | None = None,
-        thread_name_prefix: str = "",
-        initializer: Callable[..., object] | None = None,
-        initargs: tuple[Any, ...] = (),
-        **kwargs: Any,  # 3.14+: prepare_context()'s own arguments
-    ) -> None:
-        super().__init__(max_workers, thread_name_prefix, initializer, initargs, **kwargs)
-        self._work_queue: queue.SimpleQueue[Any] = _WorkQueue()  # no worker reads the first one yet
+    if _TASK_TUPLE:
+        # 3.14+: submit() resolves each task through the executor's resolver,
+        # below any wrapper of submit(), already a Python call: the copy is
+        # taken there, with no call of its own.
+
+        @classmethod
+        def prepare_context(
+            cls, initializer: Callable[..., object] | None, initargs: tuple[Any, ...], **kwargs: Any
+        ) -> tuple[Callable[[], Any], Callable[..., Any]]:
+            create_context, resolve_task = super().prepare_context(initializer, initargs, **kwargs)  # type: ignore[misc]
+            if getattr(resolve_task, "__qualname__", None) == _PLAIN_RESOLVER:
+                return create_context, _resolve_in_copy  # in place of the plain (fn, args, kwargs)
+            return create_context, _ResolveInCopy(resolve_task)  # a subclass's own WorkerContext
+
+    else:
+        # Until 3.14 is the minimum supported Python: the work queue takes the copy.
+
+        def __init__(
+            self,
+            max_workers: int | None = None,
+            thread_name_prefix: str = "",
+            initializer: Callable[..., object] | None = None,
+            initargs: tuple[Any, ...] = (),
+        ) -> None:
+            super().__init__(max_workers, thread_name_prefix, initializer, initargs)
+            self._work_queue: queue.SimpleQueue[Any] = _WorkQueue()  # no worker reads the first one yet
 
     if _threads.INHERITS:
 

@@ -6,6 +6,7 @@ import asyncio
 import concurrent.futures
 import contextvars
 import gc
+import sys
 import threading
 import traceback
 import weakref
@@ -172,6 +173,46 @@ class TestSubmit:
 
 
 class TestSubclassing:
+    @pytest.mark.skipif(sys.version_info < (3, 14), reason="prepare_context() is new in 3.14")
+    @pytest.mark.parametrize("resolver", ["the stdlib's", "its own"])
+    def test_a_subclass_with_a_worker_context_of_its_own(
+        self, storage: AsyncLocalStorage[object], resolver: str
+    ) -> None:
+        """3.14's extension point: a subclass whose prepare_context() brings its own WorkerContext (with
+        the stdlib's task resolver, or one of its own) keeps that context's run() and still runs every
+        task in a copy of its submitter's context."""
+        from concurrent.futures.thread import WorkerContext  # type: ignore[attr-defined]
+
+        ran: list[object] = []
+
+        class Counting(WorkerContext):  # type: ignore[misc]
+            @classmethod
+            def prepare(cls, initializer: Any, initargs: Any) -> Any:
+                create, resolve = super().prepare(initializer, initargs)
+                if resolver == "its own":
+
+                    def resolve(fn: Any, args: Any, kwargs: Any) -> Any:
+                        return (fn, args, kwargs)
+
+                return create, resolve
+
+            def run(self, task: Any) -> Any:
+                ran.append(storage.get_store())  # the worker's own context: no request
+                return super().run(task)
+
+        class CountingPool(ThreadPoolExecutor):
+            @classmethod
+            def prepare_context(cls, initializer: Any, initargs: Any, **kwargs: Any) -> Any:  # type: ignore[override]
+                return Counting.prepare(initializer, initargs)
+
+        class Own(ContextThreadPoolExecutor, CountingPool):
+            pass
+
+        with Own(max_workers=1) as executor:
+            assert storage.run("A", executor.submit, storage.get_store).result(TIMEOUT) == "A"
+            assert executor.submit(storage.get_store).result(TIMEOUT) is None
+        assert ran == [None, None]
+
     def test_a_wrapper_of_the_stdlib_submit_installed_after_import_is_called(
         self, storage: AsyncLocalStorage[object], monkeypatch: pytest.MonkeyPatch
     ) -> None:

@@ -6,7 +6,7 @@ differently. A failure prints the request and hop that crossed.
 
 from __future__ import annotations
 
-import queue
+import contextvars
 
 import pytest
 
@@ -36,7 +36,8 @@ def test_no_request_ever_sees_another_requests_id(
 
 def test_a_broken_hop_is_reported_with_request_and_hop(monkeypatch: pytest.MonkeyPatch) -> None:
     """The detector works: with ContextThreadPoolExecutor's copy removed, it names what crossed."""
-    monkeypatch.setattr(als._executors._WorkQueue, "put", queue.SimpleQueue.put)
+    # Where ContextThreadPoolExecutor takes its copy: its resolver (3.14+) or its work queue.
+    monkeypatch.setattr(als._executors, "copy_context", contextvars.Context)
     outcome = stress.run(40)
     assert outcome.mismatches
     assert "ContextThreadPoolExecutor" in outcome.report()
