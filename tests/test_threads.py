@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import contextvars
 import gc
+import os
+import sys
 import threading
 import weakref
 from typing import Any
@@ -12,7 +14,15 @@ import pytest
 
 from als import AsyncLocalStorage, ContextThread, ContextTimer
 
-from .helpers import TIMEOUT, Recorder, join_all, stdlib_loses_context, threads_inherit_only, wait
+from .helpers import (
+    THREADS_INHERIT,
+    TIMEOUT,
+    Recorder,
+    join_all,
+    stdlib_loses_context,
+    threads_inherit_only,
+    wait,
+)
 
 thread_var: contextvars.ContextVar[str] = contextvars.ContextVar("thread_var", default="unset")
 
@@ -304,3 +314,11 @@ def test_where_threads_already_inherit(storage: AsyncLocalStorage[object]) -> No
     del store
     gc.collect()
     assert ref() is None
+
+
+def test_the_inherit_environments_really_set_the_flag() -> None:
+    """tox's py314-inherit/py315-inherit set PYTHON_THREAD_INHERIT_CONTEXT=1: the interpreter must honour
+    it, or those environments would prove nothing about free-threaded builds' default."""
+    if os.environ.get("PYTHON_THREAD_INHERIT_CONTEXT") == "1" and sys.version_info >= (3, 14):
+        assert sys.flags.thread_inherit_context == 1
+    assert bool(getattr(sys.flags, "thread_inherit_context", 0)) is THREADS_INHERIT
