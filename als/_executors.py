@@ -14,10 +14,10 @@ Invariants:
 * ``wrap_executor`` wraps any executor from outside: its ``submit`` hands
   the executor ``copy.run`` as the callable, above the executor's own
   ``submit`` and anything wrapping it.
-* ``map`` runs every submit, also those that 3.14's ``buffersize`` makes
-  while another thread consumes the results, from a copy of the context of
-  ``map()``'s caller (``results_in``); ``wrap_executor`` binds each item to
-  that copy instead (``RunInCopy``).
+* ``map`` submits every item from the context of ``map()``'s caller: at
+  once, or, for those that 3.14's ``buffersize`` submits while another
+  thread consumes the results, from a copy of it (``results_in``);
+  ``wrap_executor`` binds each item to a capture instead (``RunInCopy``).
 * Worker threads start outside any request. Where new threads inherit
   their starter's context (CPython 3.14's ``thread_inherit_context``),
   ``ContextThreadPoolExecutor`` starts them in a new, empty ``Context``
@@ -240,6 +240,18 @@ class _WorkQueue(queue.SimpleQueue):  # type: ignore[type-arg]
         super().put(item, block, timeout)
 
 
+class _MapItem:
+    """What ``ContextThreadPoolExecutor.map`` submits: ``fn``, marked so that ``submit`` hands it on bare."""
+
+    __slots__ = ("fn",)
+
+    def __init__(self, fn: Callable[..., Any]) -> None:
+        self.fn = fn
+
+    def __call__(self, /, *args: Any) -> Any:  # pragma: no cover - submit() unwraps it
+        return self.fn(*args)
+
+
 def results_in(context: Context, results: Iterator[R]) -> Iterator[R]:
     """Iterate ``results`` (a ``map()``'s) with each step in ``context``; closing this closes them.
 
@@ -338,6 +350,8 @@ class ContextThreadPoolExecutor(ThreadPoolExecutor):
             TypeError: ``fn`` is not callable (here, not in the worker).
             RuntimeError: the executor is shut down (as ``ThreadPoolExecutor``).
         """
+        if type(fn) is _MapItem:  # from map(): its futures stay inside map(), as they are
+            return super().submit(fn.fn, *args, **kwargs)
         if not callable(fn):
             not_callable("submit", "fn", fn)
         # super().submit per call: a wrapper of ThreadPoolExecutor.submit added later counts.
@@ -362,10 +376,13 @@ class ContextThreadPoolExecutor(ThreadPoolExecutor):
         """
         if not callable(fn):
             not_callable("map", "fn", fn)
-        context = copy_context()
         submit_all: Callable[..., Iterator[R]] = super().map
+        item = _MapItem(fn)
+        if not kwargs.get("buffersize"):  # every item is submitted here, before this returns
+            return submit_all(item, *iterables, timeout=timeout, chunksize=chunksize, **kwargs)
+        context = copy_context()
         return results_in(
-            context, context.run(submit_all, fn, *iterables, timeout=timeout, chunksize=chunksize, **kwargs)
+            context, context.run(submit_all, item, *iterables, timeout=timeout, chunksize=chunksize, **kwargs)
         )
 
 

@@ -306,6 +306,7 @@ def _thread_pool_map(original: Callable[..., Iterator[Any]], generation: _Genera
     ) -> Iterator[Any]:
         if (
             not generation.active
+            or not kwargs.get("buffersize")  # every item is submitted now, from the caller's context
             or isinstance(self, ContextThreadPoolExecutor)
             or runs_in_a_context(fn)
             or _sends_work_elsewhere(self)
