@@ -5,7 +5,9 @@ from __future__ import annotations
 import concurrent.futures
 import concurrent.futures.thread
 import importlib.util
+import json
 import multiprocessing.pool
+import subprocess
 import sys
 import threading
 from collections.abc import Iterable
@@ -107,6 +109,24 @@ def join_all(threads: Iterable[threading.Thread]) -> None:
         error = getattr(thread, "error", None)
         if error is not None:
             raise error
+
+
+def run_child(module: str, *args: str) -> Any:
+    """Run ``python -m tests.<module> ARGS`` in a child process (bounded); return the JSON it prints.
+
+    For what lasts a process's life (Sentry's and gevent's patches) or what
+    should not meet the suite's own threads and sockets (forking pools).
+    """
+    child = subprocess.run(
+        [sys.executable, "-m", f"tests.{module}", *args],
+        cwd=EXAMPLES.parent,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert child.returncode == 0, child.stderr
+    return json.loads(child.stdout)
 
 
 def load_example(name: str) -> ModuleType:

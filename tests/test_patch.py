@@ -7,10 +7,8 @@ import contextlib
 import contextvars
 import gc
 import inspect
-import json
 import multiprocessing
 import os
-import subprocess
 import sys
 import threading
 import types
@@ -29,7 +27,6 @@ import als._threads
 from als import AsyncLocalStorage
 
 from .helpers import (
-    EXAMPLES,
     ORIGINALS,
     PATCH_TARGETS,
     THREADS_INHERIT,
@@ -38,6 +35,7 @@ from .helpers import (
     Worker,
     assert_originals,
     join_all,
+    run_child,
     stdlib_loses_context,
     threads_inherit_only,
     wait,
@@ -62,17 +60,9 @@ def pid_and_store(storage_name: str) -> tuple[int, str]:
     return os.getpid(), storage_name
 
 
-# Read by forked pool workers: with the fork start method they share this module's state.
-FORK_STORAGE: AsyncLocalStorage[object] = AsyncLocalStorage(name="fork")
-FORK = multiprocessing.get_context("fork") if "fork" in multiprocessing.get_all_start_methods() else None
-needs_fork = pytest.mark.skipif(FORK is None, reason="no fork start method on this platform")
-# 3.12+ warns when a process with threads forks; the pools tested here fork on purpose.
-forks_with_threads = pytest.mark.filterwarnings("ignore:This process .* is multi-threaded:DeprecationWarning")
-
-
-def store_in_worker(_: object = None) -> tuple[int, object]:
-    """Runs in a pool's worker process: its pid and the store it sees."""
-    return os.getpid(), FORK_STORAGE.get_store()
+needs_fork = pytest.mark.skipif(
+    "fork" not in multiprocessing.get_all_start_methods(), reason="no fork start method on this platform"
+)
 
 
 @pytest.fixture
@@ -520,53 +510,30 @@ class TestProcessPool:
             assert ref() is None  # the pool's manager thread holds nothing of the request
 
 
+@needs_fork
 class TestForkedWorkers:
     """Regression (#12): a process that serves a pool is forked with no request's store under the
-    patch, whichever thread forks it: a forked worker keeps its forking thread's context for life."""
+    patch, whichever thread forks it: a forked worker keeps its forking thread's context for life.
+    The pools run in a child process (tests/fork_peer.py), away from this suite's threads and sockets."""
 
-    @needs_fork
-    @forks_with_threads
     def test_without_the_patch_a_pool_made_in_a_request_keeps_it(self) -> None:
         """The danger, shown: a Pool made lazily inside request A shows A to every later task."""
-        assert FORK is not None
-        with FORK_STORAGE.run("A", FORK.Pool, 1) as pool:
-            seen = [FORK_STORAGE.run("B", pool.apply, store_in_worker)[1], pool.apply(store_in_worker)[1]]
-        assert seen == ["A", "A"]
+        assert [store for _, store in run_child("fork_peer", "pool-unpatched")] == ["A", "A"]
 
-    @needs_fork
-    @forks_with_threads
-    @pytest.mark.usefixtures("patched_process")
     def test_pool_made_in_a_request_and_its_re_created_workers(self) -> None:
         """Under the patch, neither the first workers (forked in A's thread) nor the ones the pool
-        re-creates (maxtasksperchild=1, forked by its handler thread) keep a request's store."""
-        assert FORK is not None
-        with FORK_STORAGE.run("A", FORK.Pool, 1, maxtasksperchild=1) as pool:
-            results = [FORK_STORAGE.run("B", pool.apply, store_in_worker), pool.apply(store_in_worker)]
-            # chunksize given: map's default divides by the number of live workers, which with
-            # maxtasksperchild can be zero for a moment.
-            results += FORK_STORAGE.run("C", pool.map, store_in_worker, range(2), 1)
-            results += list(pool.imap(store_in_worker, range(2)))
-            results += pool.starmap(store_in_worker, [(1,)], 1)
-            results.append(pool.apply_async(store_in_worker).get(60))
+        re-creates (maxtasksperchild=1, forked by its handler thread) keep a request's store, through
+        apply, map, imap, starmap and apply_async."""
+        results = run_child("fork_peer", "pool-patched")
         assert [store for _, store in results] == [None] * 8
         assert len({pid for pid, _ in results}) == 8  # every task had a re-created worker
 
-    @needs_fork
-    @forks_with_threads
     @pytest.mark.parametrize("patch_on", [False, True], ids=["unpatched", "patched"])
     def test_shared_process_pool_first_used_in_a_request(self, patch_on: bool) -> None:
         """A ProcessPoolExecutor made at start-up forks its workers at the first submit: inside request
         A. Without the patch they show A to every later task; under it, nothing."""
-        with (
-            als.patched() if patch_on else contextlib.nullcontext(),
-            ProcessPoolExecutor(max_workers=1, mp_context=FORK) as executor,
-        ):
-            seen = [
-                FORK_STORAGE.run("A", executor.submit, store_in_worker).result(60)[1],
-                FORK_STORAGE.run("B", executor.submit, store_in_worker).result(60)[1],
-                executor.submit(store_in_worker).result(60)[1],
-            ]
-        assert seen == ([None] * 3 if patch_on else ["A"] * 3)
+        results = run_child("fork_peer", "executor-patched" if patch_on else "executor-unpatched")
+        assert [store for _, store in results] == ([None] * 3 if patch_on else ["A"] * 3)
 
 
 class TestWorkersNeverPinned:
@@ -739,16 +706,7 @@ class TestPeers:
         request's; a task's event carries the request's user, as with Sentry alone; als's objects are
         back by identity after each cycle and Sentry's wrappers do not pile up. In a child process
         (tests/sentry_peer.py): Sentry patches for the process's life."""
-        child = subprocess.run(
-            [sys.executable, "-m", "tests.sentry_peer", order],
-            cwd=EXAMPLES.parent,
-            capture_output=True,
-            text=True,
-            timeout=120,
-            check=False,
-        )
-        assert child.returncode == 0, child.stderr
-        report = json.loads(child.stdout)
+        report = run_child("sentry_peer", order)
         hops = ["submit", "map", "thread", "timer"]
         requests = [f"cycle {cycle} request {n}" for cycle in range(3) for n in range(2)]
         assert sorted(map(tuple, report["seen"])) == sorted(
@@ -776,16 +734,7 @@ class TestPeers:
         in silence: gevent calls als's plugins around its patching of threading, and als patches gevent's
         functions. Threads (greenlets), timers and pools see the store; is_patched() is true; unpatch()
         leaves gevent's functions. In a child process (tests/gevent_peer.py): gevent patches for life."""
-        child = subprocess.run(
-            [sys.executable, "-m", "tests.gevent_peer", order],
-            cwd=EXAMPLES.parent,
-            capture_output=True,
-            text=True,
-            timeout=120,
-            check=False,
-        )
-        assert child.returncode == 0, child.stderr
-        assert json.loads(child.stdout) == {
+        assert run_child("gevent_peer", order) == {
             "thread": "A",
             "timer": "A",
             "pool": "A",
