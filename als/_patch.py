@@ -465,12 +465,19 @@ def patch() -> None:
     Executors and threads created before ``patch()`` propagate too. Threads
     that serve a standard-library pool or queue for their whole life (pool
     workers, the process pool's manager, ``multiprocessing`` pool and queue
-    threads, ``QueueListener``) start with an empty context, as do forked
-    process-pool workers: none is pinned to the request that started it. So
-    what a pool's ``initializer`` sets on a ``ContextVar`` is not seen by its
-    tasks, which run in their submitter's context. Left alone: work sent to
-    another process or interpreter, and done callbacks of standard-library
-    futures.
+    threads, ``QueueListener``) start with an empty context, and the
+    processes that serve a pool (``ProcessPoolExecutor`` and
+    ``multiprocessing.Pool`` workers, re-created ones too) are forked from
+    one: none is pinned to the request that started it. So what a pool's
+    ``initializer`` sets on a ``ContextVar`` is not seen by its tasks, which
+    run in their submitter's context. Left alone: work sent to another
+    process or interpreter, and done callbacks of standard-library futures.
+
+    Other libraries' wrappers of the same hand-offs (OpenTelemetry, Sentry,
+    profilers), installed before or after, are never bypassed, and what they
+    set for one hop runs inside that hop's copy. ``gevent.monkey.patch_all()``
+    may come before or after (through gevent's plugins, when als is
+    installed as a distribution).
 
     A thread can opt out (it then starts with an empty context, as without
     the patch): set ``als_inherit_context = False`` on it, or on its class,
