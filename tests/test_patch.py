@@ -754,20 +754,30 @@ class TestPeers:
             (entry,) = [ep for ep in metadata.entry_points(group=group) if ep.name == "als"]
             assert entry.load() is plugin
 
-    def test_opentelemetry_cycles_leave_nothing_behind(self, storage: AsyncLocalStorage[object]) -> None:
-        """Regression (#12): instrument(), patch(), uninstrument(), unpatch(), each undone in the order
-        done, three times: every hop propagates each time and afterwards every original is back by
-        identity, with no OpenTelemetry wrapper left on ThreadPoolExecutor.submit."""
+    @pytest.mark.parametrize("first", ["opentelemetry first", "als first"])
+    @pytest.mark.parametrize("undo", ["in the order done", "in reverse"])
+    def test_opentelemetry_cycles_leave_nothing_behind(
+        self, storage: AsyncLocalStorage[object], first: str, undo: str
+    ) -> None:
+        """Regression (#12): OpenTelemetry's instrument() and als.patch() in either order, undone in the
+        order done or in reverse, three times: every hop propagates each time and afterwards every
+        original is back by identity, with no OpenTelemetry wrapper left on ThreadPoolExecutor.submit."""
         from opentelemetry.instrumentation.threading import ThreadingInstrumentor
 
         instrumentor = ThreadingInstrumentor()
+        steps = [(instrumentor.instrument, instrumentor.uninstrument), (als.patch, als.unpatch)]
+        if first == "als first":
+            steps.reverse()
+        undos = [off for _, off in steps]
+        if undo == "in reverse":
+            undos.reverse()
         originals = (ThreadPoolExecutor.submit, threading.Thread.start, threading.Thread.run)
         timer_had_start = "start" in threading.Timer.__dict__
         recorder = Recorder()
         try:
             for cycle in range(3):
-                instrumentor.instrument()
-                als.patch()
+                for on, _ in steps:
+                    on()
                 thread = threading.Thread(target=lambda: recorder(f"{cycle} thread", storage.get_store()))
                 timer = threading.Timer(0, lambda: recorder(f"{cycle} timer", storage.get_store()))
                 with ThreadPoolExecutor(max_workers=1) as pool:
@@ -776,8 +786,8 @@ class TestPeers:
                         f"{cycle} pool", storage.run("A", pool.submit, storage.get_store).result(TIMEOUT)
                     )
                 join_all([thread, timer])
-                instrumentor.uninstrument()
-                als.unpatch()
+                for off in undos:
+                    off()
                 assert (ThreadPoolExecutor.submit, threading.Thread.start, threading.Thread.run) == originals
                 assert_originals()
         finally:
