@@ -188,9 +188,9 @@ def bind_work_item(item: Any, context: Context | None = None) -> None:
     """
     if _TASK_TUPLE:
         fn, args, kwargs = item.task
-        if not runs_in_a_context(fn):
+        if type(fn) is types.FunctionType or not runs_in_a_context(fn):  # a plain function: no call
             item.task = ((context or copy_context()).run, (fn, *args), kwargs)
-    elif not runs_in_a_context(item.fn):
+    elif type(item.fn) is types.FunctionType or not runs_in_a_context(item.fn):
         item.args = (item.fn, *item.args)
         item.fn = (context or copy_context()).run
 
@@ -216,9 +216,8 @@ class _ResolveInCopy:
 
     def __call__(self, fn: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         task = self._resolve(fn, args, kwargs)
-        if type(task) is tuple and len(task) == 3 and callable(task[0]) and not runs_in_a_context(task[0]):
-            inner, inner_args, inner_kwargs = task
-            return (copy_context().run, (inner, *inner_args), inner_kwargs)
+        if type(task) is tuple and len(task) == 3 and callable(task[0]):  # (fn, args, kwargs) again
+            return _resolve_in_copy(*task)
         return task
 
 
@@ -290,8 +289,8 @@ class ContextThreadPoolExecutor(ThreadPoolExecutor):
     """A ``ThreadPoolExecutor`` whose every task runs in a copy of its submitter's context.
 
     Context: copied at ``submit()``, not at construction, a fresh copy per
-    task; ``map()`` captures it once, when called, and runs each item in a
-    fresh copy of that. What a task sets reaches neither the submitter nor the
+    task; ``map()`` submits every item from the context current when it is
+    called, each into a fresh copy of that. What a task sets reaches neither the submitter nor the
     next task of the same worker thread; stores are shared by reference.
 
     Worker threads start with an empty context: a worker started while
@@ -355,7 +354,8 @@ class ContextThreadPoolExecutor(ThreadPoolExecutor):
         if not callable(fn):
             not_callable("submit", "fn", fn)
         # super().submit per call: a wrapper of ThreadPoolExecutor.submit added later counts.
-        # The work queue binds the task to a copy of this context, below such wrappers.
+        # The resolver (3.14+) or the work queue binds the task to a copy of this context,
+        # below such wrappers.
         return adopt(super().submit(fn, *args, **kwargs))
 
     def map(

@@ -29,9 +29,9 @@ Invariants:
   subclass that takes the task's copy when ``submit()`` makes it, in the
   submitter's thread, and runs only the task in it (done callbacks keep the
   standard library's behaviour). ``ThreadPoolExecutor.submit`` itself is
-  left alone. ``map`` is replaced too: it binds every item to its caller
-  when called, since 3.14's ``buffersize`` submits items from whichever
-  thread consumes the results.
+  left alone. ``map`` is replaced too, for 3.14's ``buffersize`` only: its
+  results are stepped in a copy of its caller's context, since it submits
+  items from whichever thread consumes them.
 * A replacement keeps the name, docstring and signature of what it wraps,
   its return value and its exceptions; bad input gets the standard
   library's own behaviour.
@@ -148,13 +148,12 @@ class _StartDefaults:
         self.__wrapped__ = real
 
     def Context(self) -> contextvars.Context:  # the name Thread.start calls
-        context: contextvars.Context = self._real.Context()
-        if self._generation.active:
-            _made_by_start[threading.get_ident()] = context
-        return context
+        return self._record(self._real.Context())
 
     def copy_context(self) -> contextvars.Context:
-        context: contextvars.Context = self._real.copy_context()  # the interpreter's copy, not one of als's
+        return self._record(self._real.copy_context())  # the interpreter's copy, not one of als's
+
+    def _record(self, context: contextvars.Context) -> contextvars.Context:
         if self._generation.active:
             _made_by_start[threading.get_ident()] = context
         return context
@@ -232,10 +231,6 @@ def _low_level_start(original: Callable[..., Any], generation: _Generation) -> C
         return original(function, *args)
 
     return functools.wraps(original)(start_new)
-
-
-def _start_defaults(original: types.ModuleType, generation: _Generation) -> _StartDefaults:
-    return _StartDefaults(original, generation)
 
 
 def _work_item(original: type, generation: _Generation) -> type:
@@ -341,13 +336,13 @@ def _pool_workers(original: Any, generation: _Generation) -> Any:
     request's, for a pool made lazily) and from the pool's handler thread.
     A forked worker keeps the forking thread's context for its whole life.
     """
-    function = original  # getattr() on the class gave the function inside the staticmethod
+    # ``original`` is the function inside the staticmethod: getattr() on the class unwrapped it.
 
-    @functools.wraps(function)
+    @functools.wraps(original)
     def repopulate(*args: Any, **kwargs: Any) -> Any:
         if not generation.active:
-            return function(*args, **kwargs)
-        return Context().run(function, *args, **kwargs)
+            return original(*args, **kwargs)
+        return Context().run(original, *args, **kwargs)
 
     return staticmethod(repopulate)
 
@@ -365,7 +360,7 @@ def _targets() -> list[tuple[object, str, Callable[[Any, _Generation], Any]]]:
         (multiprocessing.pool.Pool, "_repopulate_pool_static", _pool_workers),
     ]
     if _NATIVE_THREAD_CONTEXT:
-        targets.append((threading, "_contextvars", _start_defaults))
+        targets.append((threading, "_contextvars", _StartDefaults))
     return targets
 
 
@@ -427,26 +422,28 @@ def _unpatch() -> None:
 _repatch_after_gevent = False
 
 
+def _patches_threading(event: Any) -> bool:
+    return getattr(event, "module_name", None) == "threading"
+
+
 def gevent_will_patch_module(event: Any) -> None:
     """gevent plugin: about to patch ``threading``; unpatch first, to patch again after it."""
     global _repatch_after_gevent  # noqa: PLW0603
-    if getattr(event, "module_name", None) != "threading":
-        return
-    with _lock:
-        if _generation is not None:
-            _unpatch()
-            _repatch_after_gevent = True
+    if _patches_threading(event):
+        with _lock:
+            if _generation is not None:
+                _unpatch()
+                _repatch_after_gevent = True
 
 
 def gevent_did_patch_module(event: Any) -> None:
     """gevent plugin: ``threading`` is patched; put back a patch() that was in place before."""
     global _repatch_after_gevent  # noqa: PLW0603
-    if getattr(event, "module_name", None) != "threading":
-        return
-    with _lock:
-        if _repatch_after_gevent:
-            _repatch_after_gevent = False
-            _patch()
+    if _patches_threading(event):
+        with _lock:
+            if _repatch_after_gevent:
+                _repatch_after_gevent = False
+                _patch()
 
 
 def patch() -> None:

@@ -111,6 +111,15 @@ def join_all(threads: Iterable[threading.Thread]) -> None:
             raise error
 
 
+def consumed_in_another_thread(storage: Any, store: object, results: Iterable[Any]) -> list[Any]:
+    """Consume ``results`` (a map()'s) in a thread of its own, under ``store``; return what came."""
+    consumed: list[Any] = []
+    consumer = Worker(lambda: consumed.extend(storage.run(store, list, results)))
+    consumer.start()
+    join_all([consumer])
+    return consumed
+
+
 def run_child(module: str, *args: str) -> Any:
     """Run ``python -m tests.<module> ARGS`` in a child process (bounded); return the JSON it prints.
 

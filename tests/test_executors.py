@@ -19,7 +19,16 @@ import pytest
 import als
 from als import AsyncLocalStorage, ContextFuture, ContextThreadPoolExecutor
 
-from .helpers import TIMEOUT, Recorder, Worker, join_all, stdlib_loses_context, threads_inherit_only, wait
+from .helpers import (
+    TIMEOUT,
+    Recorder,
+    Worker,
+    consumed_in_another_thread,
+    join_all,
+    stdlib_loses_context,
+    threads_inherit_only,
+    wait,
+)
 
 R = TypeVar("R")
 
@@ -271,11 +280,7 @@ class TestMap:
         another thread, run with map()'s caller's store."""
         executor = make_executor(max_workers=2)
         results = storage.run("A", executor.map, lambda n: (n, storage.get_store()), range(5), buffersize=1)
-        consumed: list[object] = []
-        consumer = Worker(lambda: consumed.extend(storage.run("B", list, results)))
-        consumer.start()
-        join_all([consumer])
-        assert consumed == [(n, "A") for n in range(5)]
+        assert consumed_in_another_thread(storage, "B", results) == [(n, "A") for n in range(5)]
 
     def test_each_call_in_the_callers_context(
         self, storage: AsyncLocalStorage[object], make_executor: Callable[..., Executor]

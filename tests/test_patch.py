@@ -34,6 +34,7 @@ from .helpers import (
     Recorder,
     Worker,
     assert_originals,
+    consumed_in_another_thread,
     join_all,
     run_child,
     stdlib_loses_context,
@@ -317,10 +318,7 @@ class TestThreadPools:
             results = storage.run(
                 "A", executor.map, lambda n: (n, storage.get_store()), range(5), buffersize=1
             )
-            consumed: list[object] = []
-            consumer = Worker(lambda: consumed.extend(storage.run("B", list, results)))
-            consumer.start()
-            join_all([consumer])
+            consumed = consumed_in_another_thread(storage, "B", results)
         assert consumed == [(n, "A") for n in range(5)]
 
     def test_map_results_closed_early_cancel_the_rest_as_the_stdlib_does(
