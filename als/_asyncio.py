@@ -17,12 +17,11 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable
 from concurrent.futures import Executor
-from contextvars import Context, copy_context
+from contextvars import copy_context
 from typing import TYPE_CHECKING, ParamSpec, TypeVar
 
-from . import _threads
-from ._context import not_callable
-from ._executors import ContextExecutor, ContextThreadPoolExecutor, check_in_process
+from ._executors import ContextThreadPoolExecutor, check_executor, propagates
+from ._util import not_callable, start_threads_empty, wrong_type
 
 if TYPE_CHECKING:
     import asyncio  # imported when called: `import als` stays light (and imports no ssl before gevent)
@@ -50,25 +49,17 @@ def run_in_executor(
     if not callable(fn):
         not_callable("run_in_executor", "fn", fn)
     if executor is not None:
-        if not isinstance(executor, Executor):
-            raise TypeError(
-                "run_in_executor() argument 'executor' must be a concurrent.futures.Executor or None,"
-                f" not {type(executor).__name__}"
-            )
-        check_in_process("run_in_executor", executor)
+        check_executor("run_in_executor", executor, "a concurrent.futures.Executor or None")
     import asyncio  # noqa: PLC0415 - see the TYPE_CHECKING import
 
     loop = asyncio.get_running_loop()
-    if isinstance(executor, (ContextThreadPoolExecutor, ContextExecutor)):
+    if propagates(executor):
         # It copies the context itself at submit(), which happens right here.
         call: Callable[[], R] = functools.partial(fn, *args, **kwargs)
         return loop.run_in_executor(executor, call)
     call = functools.partial(copy_context().run, fn, *args, **kwargs)
-    if _threads.INHERITS:
-        # New threads inherit their starter's context, and the executor may
-        # start a worker inside submit(): start it empty.
-        return Context().run(loop.run_in_executor, executor, call)
-    return loop.run_in_executor(executor, call)
+    # The executor may start a worker inside submit().
+    return start_threads_empty(loop.run_in_executor, executor, call)
 
 
 def install_default_executor(
@@ -96,15 +87,9 @@ def install_default_executor(
                 "install_default_executor() needs a running event loop; call it from async code or pass loop="
             ) from None
     elif not isinstance(loop, asyncio.AbstractEventLoop):
-        raise TypeError(
-            "install_default_executor() argument 'loop' must be an asyncio event loop or None,"
-            f" not {type(loop).__name__}"
-        )
+        raise wrong_type("install_default_executor", "loop", "an asyncio event loop or None", loop)
     if max_workers is not None and (isinstance(max_workers, bool) or not isinstance(max_workers, int)):
-        raise TypeError(
-            "install_default_executor() argument 'max_workers' must be int or None,"
-            f" not {type(max_workers).__name__}"
-        )
+        raise wrong_type("install_default_executor", "max_workers", "int or None", max_workers)
     executor = ContextThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="asyncio")
     loop.set_default_executor(executor)
     return executor

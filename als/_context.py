@@ -17,13 +17,12 @@ from __future__ import annotations
 import collections.abc
 import functools
 import inspect
-import os
-import threading
 import types
-import weakref
 from collections.abc import Callable, Generator
 from contextvars import Context, copy_context
-from typing import Any, NoReturn, ParamSpec, TypeVar, cast
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, cast
+
+from ._util import not_callable
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -132,70 +131,37 @@ class ContextCoroutine(collections.abc.Coroutine[Any, Any, R]):
         return f"<{type(self).__name__} driving {self._coro!r}>"
 
 
-# type -> "is a coroutine" for results of calls: an ABC isinstance check costs
-# about ten times a dict lookup, and sync calls return a handful of types.
-_IS_COROUTINE: dict[type, bool] = {
-    types.CoroutineType: True,
-    ContextCoroutine: True,
-    type(None): False,
-}
-_IS_COROUTINE_LIMIT = 512
+@functools.lru_cache(maxsize=512)  # bounded: sync calls return a handful of types
+def _is_coroutine_type(kind: type) -> bool:
+    return issubclass(kind, collections.abc.Coroutine)
 
 
 def in_context(context: Context, result: R) -> R:
     """Return ``result``, wrapped to keep running in ``context`` if it is a coroutine."""
-    kind = type(result)
-    is_coroutine = _IS_COROUTINE.get(kind)
-    if is_coroutine is None:
-        is_coroutine = issubclass(kind, collections.abc.Coroutine)
-        if len(_IS_COROUTINE) < _IS_COROUTINE_LIMIT:
-            _IS_COROUTINE[kind] = is_coroutine
-    if is_coroutine:
+    if _is_coroutine_type(type(result)):  # type: ignore[arg-type]  # a type is hashable
         return ContextCoroutine(context, result)  # type: ignore[return-value, arg-type]
     return result
 
 
-class ForkSafeLock:
-    """A ``threading.Lock`` that a child made by ``os.fork()`` gets back unlocked.
+class InCopy:
+    """``fn(*args, **kwargs)`` in a fresh copy of a captured context, per call: the hop primitive.
 
-    A lock held by another thread at ``fork()`` would stay held forever in
-    the child, which has only the forking thread.
+    Every als hop that captures a context for later (``bind``, ``snapshot``,
+    done callbacks, ``wrap_executor``'s ``map``) is one of these, so that a
+    thread pool recognises, by ``isinstance`` alone, a callable that needs
+    no second copy. Calls may run concurrently: each has its own copy. A
+    coroutine result is driven in its call's copy.
     """
 
-    __slots__ = ("__weakref__", "_lock")
+    __slots__ = ("_context", "_fn")
 
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        if hasattr(os, "register_at_fork"):  # pragma: no branch - absent on Windows
-            ref = weakref.ref(self)
+    def __init__(self, context: Context, fn: Callable[..., Any]) -> None:
+        self._context = context
+        self._fn = fn
 
-            def renew() -> None:
-                lock = ref()
-                if lock is not None:
-                    lock._lock = threading.Lock()
-
-            os.register_at_fork(after_in_child=renew)
-
-    def __enter__(self) -> None:
-        self._lock.acquire()
-
-    def __exit__(self, *_: object) -> None:
-        self._lock.release()
-
-    def locked(self) -> bool:
-        return self._lock.locked()
-
-
-def not_callable(function: str, argument: str, value: object) -> NoReturn:
-    """Raise the TypeError for a non-callable ``argument`` of ``function``."""
-    if isinstance(value, collections.abc.Coroutine):
-        name = getattr(value, "__qualname__", None) or "handler"
-        raise TypeError(
-            f"{function}() argument {argument!r} must be callable, not a coroutine object:"
-            f" pass the async function and its arguments, {function}(..., {name}, *args),"
-            f" instead of calling it, {function}(..., {name}(*args))"
-        )
-    raise TypeError(f"{function}() argument {argument!r} must be callable, not {type(value).__name__}")
+    def __call__(self, /, *args: Any, **kwargs: Any) -> Any:
+        context = self._context.copy()
+        return in_context(context, context.run(self._fn, *args, **kwargs))
 
 
 def bind(fn: Callable[P, R], /) -> Callable[P, R]:
@@ -224,25 +190,21 @@ def bind(fn: Callable[P, R], /) -> Callable[P, R]:
 
         return cast("Callable[P, R]", bound_async)
 
-    return cast("Callable[P, R]", BoundFunction(fn, captured))
+    return cast("Callable[P, R]", BoundFunction(captured, fn))
 
 
-class BoundFunction:
-    """What ``bind`` returns for a synchronous function: each call in a fresh copy of one capture.
+class BoundFunction(InCopy):
+    """What ``bind`` returns for a synchronous function: an ``InCopy`` that looks like the function.
 
-    Behaves as the function it wraps (``functools.update_wrapper``; it binds
-    as a method when set on a class). A distinct type, so that a thread pool
-    under ``als.patch()`` knows it enters a context itself.
+    ``functools.update_wrapper`` gives it the function's name, docstring and
+    ``__wrapped__``; it binds as a method when set on a class.
     """
 
-    def __init__(self, fn: Callable[..., Any], captured: Context) -> None:
-        self._fn = fn
-        self._captured = captured
-        functools.update_wrapper(self, fn)
+    __slots__ = ("__dict__",)  # for update_wrapper
 
-    def __call__(self, /, *args: Any, **kwargs: Any) -> Any:
-        context = self._captured.copy()
-        return in_context(context, context.run(self._fn, *args, **kwargs))
+    def __init__(self, context: Context, fn: Callable[..., Any]) -> None:
+        super().__init__(context, fn)
+        functools.update_wrapper(self, fn)
 
     def __get__(self, instance: object, owner: type | None = None) -> Any:
         return self if instance is None else types.MethodType(self, instance)
@@ -251,24 +213,30 @@ class BoundFunction:
         return f"<bound to a context: {self._fn!r}>"
 
 
-class Snapshot:
+def _call(fn: Callable[P, R], /, *args: P.args, **kwargs: P.kwargs) -> R:
+    """A ``Snapshot``'s function, run in each call's copy: calls the function it is given."""
+    if not callable(fn):
+        not_callable("snapshot", "fn", fn)
+    return fn(*args, **kwargs)
+
+
+class Snapshot(InCopy):
     """Runs functions in the context captured when it was created.
 
     ``snapshot(fn, *args, **kwargs)`` runs ``fn(*args, **kwargs)`` in a fresh
     copy of that capture and returns its result (driving a coroutine result in
     the same copy, as ``bind`` does). Safe to call from many threads at once.
+    A non-callable ``fn`` is a ``TypeError``.
     """
 
-    __slots__ = ("_context",)
+    __slots__ = ()
 
     def __init__(self) -> None:
-        self._context = copy_context()
+        super().__init__(copy_context(), _call)
 
-    def __call__(self, fn: Callable[P, R], /, *args: P.args, **kwargs: P.kwargs) -> R:
-        if not callable(fn):
-            not_callable("snapshot", "fn", fn)
-        context = self._context.copy()
-        return in_context(context, context.run(fn, *args, **kwargs))
+    if TYPE_CHECKING:
+
+        def __call__(self, fn: Callable[P, R], /, *args: P.args, **kwargs: P.kwargs) -> R: ...
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} of {len(self._context)} context variables>"
@@ -280,3 +248,17 @@ def snapshot() -> Snapshot:
     The same as ``bind`` for many functions at once: see ``Snapshot``.
     """
     return Snapshot()
+
+
+def runs_in_a_context(fn: object) -> bool:
+    """True for a callable that enters a context itself, so that a hop adds no copy of its own.
+
+    An ``InCopy`` (``bind`` and ``snapshot`` results, done callbacks, map
+    items bound by ``wrap_executor``), a ``Context.run`` (als's executors
+    pass ``copy.run``) or a ``functools.partial`` over one (``asyncio.to_thread``).
+    """
+    if isinstance(fn, InCopy):
+        return True
+    if type(fn) is functools.partial:
+        fn = fn.func
+    return type(fn) is types.BuiltinMethodType and type(getattr(fn, "__self__", None)) is Context

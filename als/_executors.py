@@ -12,12 +12,13 @@ Invariants:
   task sets reaches the submitter or the worker's next task, and the copy is
   dropped with the work item.
 * ``wrap_executor`` wraps any executor from outside: its ``submit`` hands
-  the executor ``copy.run`` as the callable, above the executor's own
+  the executor ``copy.run`` as the callable (or, for a callable that copies
+  for itself, an ``InCopy``, that callable), above the executor's own
   ``submit`` and anything wrapping it.
 * ``map`` submits every item from the context of ``map()``'s caller: at
   once, or, for those that 3.14's ``buffersize`` submits while another
   thread consumes the results, from a copy of it (``results_in``);
-  ``wrap_executor`` binds each item to a capture instead (``RunInCopy``).
+  ``wrap_executor`` binds each item to a capture instead (an ``InCopy``).
 * Worker threads start outside any request. Where new threads inherit
   their starter's context (CPython 3.14's ``thread_inherit_context``),
   ``ContextThreadPoolExecutor`` starts them in a new, empty ``Context``
@@ -37,34 +38,32 @@ from __future__ import annotations
 import functools
 import queue
 import sys
-import types
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from contextvars import Context, copy_context
 from typing import Any, ParamSpec, TypeVar
 
-from . import _threads
-from ._context import BoundFunction, ForkSafeLock, Snapshot, not_callable
+from ._context import InCopy, runs_in_a_context
+from ._util import INHERITS, TASK_TUPLE, ForkSafeLock, not_callable, start_threads_empty, wrong_type
 
 P = ParamSpec("P")
 R = TypeVar("R")
 
 
-class _CallbackInContext:
-    """``fn(future)`` once, in a copy of the context current at creation; then forgets both."""
+class _Callback(InCopy):
+    """A done callback: ``fn(future)`` once, in a copy of its registrant's context, which is then dropped.
 
-    __slots__ = ("_context", "_fn")
+    A ``Future`` keeps its callbacks after running them; the request's store
+    must not stay with it.
+    """
 
-    def __init__(self, fn: Callable[[Any], object]) -> None:
-        self._context: Context | None = copy_context()
-        self._fn: Callable[[Any], object] | None = fn
+    __slots__ = ()
 
-    def __call__(self, future: Future[Any]) -> None:
-        # A Future keeps its callbacks after running them: drop the context
-        # (and with it the request's store) here.
-        context, fn, self._context, self._fn = self._context, self._fn, None, None
-        if context is not None and fn is not None:
-            context.run(fn, future)
+    def __call__(self, /, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return super().__call__(*args, **kwargs)
+        finally:
+            del self._context, self._fn
 
 
 class ContextFuture(Future[R]):
@@ -91,7 +90,7 @@ class ContextFuture(Future[R]):
         """
         if not callable(fn):
             not_callable("add_done_callback", "fn", fn)
-        super().add_done_callback(_CallbackInContext(fn))
+        super().add_done_callback(_Callback(copy_context(), fn))
 
 
 _future_classes: dict[type, type | None] = {}
@@ -139,45 +138,6 @@ def adopt(future: Future[R]) -> Future[R]:
     return future
 
 
-class RunInCopy:
-    """``fn(*args)`` in a fresh copy of a context captured once: ``wrap_executor``'s map items.
-
-    ``submit`` and the patch's work item recognise it and add no second copy.
-    """
-
-    __slots__ = ("_context", "_fn")
-
-    def __init__(self, context: Context, fn: Callable[..., Any]) -> None:
-        self._context = context
-        self._fn = fn
-
-    def __call__(self, /, *args: Any) -> Any:  # map() passes positional arguments only
-        return self._context.copy().run(self._fn, *args)
-
-
-_IN_A_CONTEXT = (RunInCopy, BoundFunction, Snapshot)
-
-
-def runs_in_a_context(fn: object) -> bool:
-    """True for a callable that enters a context itself: no second copy.
-
-    ``Context.run`` (als's executors pass ``copy.run``), a ``functools.partial``
-    over it (``asyncio.to_thread``), ``bind``/``snapshot`` results and map
-    items bound by ``wrap_executor``.
-    """
-    if type(fn) is functools.partial:
-        fn = fn.func
-    kind = type(fn)
-    if kind in _IN_A_CONTEXT:
-        return True
-    return kind is types.BuiltinMethodType and type(getattr(fn, "__self__", None)) is Context
-
-
-# Until 3.14 is the minimum supported Python: a work item holds fn/args/kwargs
-# before it, the executor's resolved task (fn, args, kwargs) from it.
-_TASK_TUPLE = sys.version_info >= (3, 14)
-
-
 def bind_work_item(item: Any, context: Context | None = None) -> None:
     """Make a thread pool's work item run its task, and only its task, in a copy of a context.
 
@@ -186,11 +146,11 @@ def bind_work_item(item: Any, context: Context | None = None) -> None:
     so the standard library's done callbacks, stay outside it. An item whose
     callable enters a context itself is left as it is, and no copy is made.
     """
-    if _TASK_TUPLE:
+    if TASK_TUPLE:
         fn, args, kwargs = item.task
-        if type(fn) is types.FunctionType or not runs_in_a_context(fn):  # a plain function: no call
+        if not runs_in_a_context(fn):
             item.task = ((context or copy_context()).run, (fn, *args), kwargs)
-    elif type(item.fn) is types.FunctionType or not runs_in_a_context(item.fn):
+    elif not runs_in_a_context(item.fn):
         item.args = (item.fn, *item.args)
         item.fn = (context or copy_context()).run
 
@@ -201,7 +161,7 @@ _PLAIN_RESOLVER = "WorkerContext.prepare.<locals>.resolve_task"
 
 def _resolve_in_copy(fn: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Any, ...]:
     """3.14+: a ``ContextThreadPoolExecutor``'s task resolver: ``fn`` in a copy of the submitter's context."""
-    if type(fn) is types.FunctionType or not runs_in_a_context(fn):
+    if not runs_in_a_context(fn):
         return (copy_context().run, (fn, *args), kwargs)
     return (fn, args, kwargs)
 
@@ -271,18 +231,30 @@ def results_in(context: Context, results: Iterator[R]) -> Iterator[R]:
             context.run(close)
 
 
-def check_in_process(function: str, executor: object) -> None:
-    """Refuse executors that send work to another process or interpreter."""
+def sends_work_elsewhere(executor: object) -> bool:
+    """True for an executor that runs work in another process or interpreter: no ``Context`` follows."""
     # Neither kind can exist unless its module is loaded (and `import als` loads neither).
     processes = sys.modules.get("concurrent.futures.process")
     interpreters = sys.modules.get("concurrent.futures.interpreter")
-    if (processes is not None and isinstance(executor, processes.ProcessPoolExecutor)) or (
+    return (processes is not None and isinstance(executor, processes.ProcessPoolExecutor)) or (
         interpreters is not None and isinstance(executor, interpreters.InterpreterPoolExecutor)
-    ):
+    )
+
+
+def check_executor(function: str, executor: object, expected: str = "a concurrent.futures.Executor") -> None:
+    """Refuse what is not an ``Executor``, and executors that send work to another process or interpreter."""
+    if not isinstance(executor, Executor):
+        raise wrong_type(function, "executor", expected, executor)
+    if sends_work_elsewhere(executor):
         raise TypeError(
             f"{function}() cannot propagate the context into a {type(executor).__name__}:"
             " a contextvars.Context cannot cross a process or interpreter boundary"
         )
+
+
+def propagates(executor: object) -> bool:
+    """True for an executor that copies its submitter's context itself: als's own and its wrappers."""
+    return isinstance(executor, (ContextThreadPoolExecutor, ContextExecutor))
 
 
 class ContextThreadPoolExecutor(ThreadPoolExecutor):
@@ -307,7 +279,7 @@ class ContextThreadPoolExecutor(ThreadPoolExecutor):
     is pending.
     """
 
-    if _TASK_TUPLE:
+    if TASK_TUPLE:
         # 3.14+: submit() resolves each task through the executor's resolver,
         # below any wrapper of submit(), already a Python call: the copy is
         # taken there, with no call of its own.
@@ -334,13 +306,11 @@ class ContextThreadPoolExecutor(ThreadPoolExecutor):
             super().__init__(max_workers, thread_name_prefix, initializer, initargs)
             self._work_queue: queue.SimpleQueue[Any] = _WorkQueue()  # no worker reads the first one yet
 
-    if _threads.INHERITS:
+    if INHERITS:
 
         def _adjust_thread_count(self) -> None:
-            # New threads inherit their starter's context here, and workers
-            # start lazily in submit(), under the caller's request: start them
-            # in an empty context instead, never pinned to that request.
-            Context().run(super()._adjust_thread_count)
+            # Workers start lazily in submit(), under the caller's request.
+            start_threads_empty(super()._adjust_thread_count)
 
     def submit(self, fn: Callable[P, R], /, *args: P.args, **kwargs: P.kwargs) -> Future[R]:
         """Run ``fn(*args, **kwargs)`` on a worker, in a copy of the caller's context.
@@ -395,7 +365,8 @@ class ContextExecutor(Executor):
 
     def __init__(self, executor: Executor) -> None:
         self._executor = executor
-        self._starts_threads = isinstance(executor, ThreadPoolExecutor)
+        # A ThreadPoolExecutor starts workers lazily in submit().
+        self._starts_threads = INHERITS and isinstance(executor, ThreadPoolExecutor)
 
     @property
     def executor(self) -> Executor:
@@ -408,15 +379,13 @@ class ContextExecutor(Executor):
         Raises:
             TypeError: ``fn`` is not callable (here, not in the worker).
         """
-        submit: Callable[..., Future[R]] = self._executor.submit
-        if self._starts_threads and _threads.INHERITS:
-            # A ThreadPoolExecutor starts workers lazily in submit(), and here
-            # new threads inherit: keep them out of the caller's context.
-            submit = functools.partial(Context().run, submit)
-        if type(fn) is RunInCopy:  # from map(): bound already, and the future stays inside map()
-            return submit(fn, *args, **kwargs)
         if not callable(fn):
             not_callable("submit", "fn", fn)
+        submit: Callable[..., Future[R]] = self._executor.submit  # read per call, as wrapped by then
+        if self._starts_threads:
+            submit = functools.partial(start_threads_empty, submit)
+        if runs_in_a_context(fn):  # a bind() result, or an item from map(): it copies for itself
+            return adopt(submit(fn, *args, **kwargs))
         return adopt(submit(copy_context().run, fn, *args, **kwargs))
 
     def map(
@@ -434,7 +403,7 @@ class ContextExecutor(Executor):
         """
         if not callable(fn):
             not_callable("map", "fn", fn)
-        bound = RunInCopy(copy_context(), fn)
+        bound = InCopy(copy_context(), fn)
         return super().map(bound, *iterables, timeout=timeout, chunksize=chunksize, **kwargs)
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
@@ -462,22 +431,10 @@ def wrap_executor(executor: Executor) -> Executor:
             another process or interpreter (a ``Context`` cannot cross that
             boundary).
     """
-    if isinstance(executor, (ContextThreadPoolExecutor, ContextExecutor)):
+    if propagates(executor):
         return executor
-    if not isinstance(executor, Executor):
-        raise TypeError(
-            "wrap_executor() argument 'executor' must be a concurrent.futures.Executor,"
-            f" not {type(executor).__name__}"
-        )
-    check_in_process("wrap_executor", executor)
+    check_executor("wrap_executor", executor)
     return ContextExecutor(executor)
 
 
-__all__ = [
-    "ContextExecutor",
-    "ContextFuture",
-    "ContextThreadPoolExecutor",
-    "adopt",
-    "check_in_process",
-    "wrap_executor",
-]
+__all__ = ["ContextFuture", "ContextThreadPoolExecutor", "wrap_executor"]

@@ -56,24 +56,19 @@ import sys
 import threading
 import types
 from collections.abc import Callable, Iterator
-from concurrent.futures import Executor, Future, ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import thread as _futures_thread
 from contextlib import contextmanager
 from contextvars import Context, copy_context
 from typing import TYPE_CHECKING, Any
 
-from . import _threads
-from ._context import ForkSafeLock
-from ._executors import ContextThreadPoolExecutor, bind_work_item, results_in, runs_in_a_context
-from ._threads import _RunsInStartersContext
+from ._context import runs_in_a_context
+from ._executors import ContextThreadPoolExecutor, bind_work_item, results_in, sends_work_elsewhere
+from ._threads import RunsInStartersContext
+from ._util import INHERITS, LOW_LEVEL_START, NATIVE_CONTEXT, ForkSafeLock
 
 if TYPE_CHECKING:
     from concurrent.futures import ProcessPoolExecutor
-
-# Until 3.14 is the minimum supported Python: before it, threads have no native context.
-_NATIVE_THREAD_CONTEXT = sys.version_info >= (3, 14)
-# Until 3.13 is the minimum supported Python: before it, Thread.start calls _start_new_thread.
-_LOW_LEVEL_START = "_start_joinable_thread" if sys.version_info >= (3, 13) else "_start_new_thread"
 
 # Standard-library modules whose threads serve a pool or a queue for their
 # whole life: they start with an empty context, never the request's.
@@ -109,14 +104,6 @@ _installed: list[tuple[object, str, Any]] = []
 _generation: _Generation | None = None
 _blocks = 0  # open patched() blocks
 _patched_by_blocks = False  # patched by the first patched() block, not by patch()
-
-
-def _sends_work_elsewhere(executor: Executor) -> bool:
-    """True for 3.14's InterpreterPoolExecutor (a ThreadPoolExecutor subclass): a Context cannot follow."""
-    if type(executor) is ThreadPoolExecutor:
-        return False
-    interpreters = sys.modules.get("concurrent.futures.interpreter")
-    return interpreters is not None and isinstance(executor, interpreters.InterpreterPoolExecutor)
 
 
 def _inherits(thread: threading.Thread) -> bool:
@@ -174,11 +161,8 @@ def _low_level_start(original: Callable[..., Any], generation: _Generation) -> C
     """Wrap the function Thread.start hands ``self._bootstrap`` to.
 
     3.10 to 3.13: the new thread runs ``Thread._bootstrap``, and so ``run()``,
-    in a copy of the starter's context. Nothing is set on the thread object
-    (an instance attribute costs Thread's own code far more on 3.13), and
-    once the thread ends nothing refers to the copy. ``MethodType(copy.run,
-    bootstrap)`` calls ``copy.run(bootstrap)`` without the argument tuple or
-    keyword dict a ``functools.partial`` would allocate.
+    in a copy of the starter's context. Nothing is set on the thread object,
+    and once the thread ends nothing refers to the copy.
 
     3.14+: a thread that ``Thread.start`` gave a default context (recorded by
     ``_StartDefaults``) gets the starter's copy instead (or keeps the one the
@@ -187,50 +171,35 @@ def _low_level_start(original: Callable[..., Any], generation: _Generation) -> C
     """
     thread_class = threading.Thread
 
-    if _NATIVE_THREAD_CONTEXT:
-        inherits_anyway = _threads.INHERITS  # the interpreter's default is then the copy
+    if NATIVE_CONTEXT:
 
-        def start_thread(function: Any, handle: Any = None, daemon: bool = True) -> Any:
+        def start_thread(function: Any, /, *args: Any, **kwargs: Any) -> Any:
             made = _made_by_start.pop(threading.get_ident(), None) if _made_by_start else None
             if made is not None and generation.active:
                 thread = getattr(function, "__self__", None)
                 if isinstance(thread, thread_class) and thread._context is made:  # type: ignore[attr-defined]
                     if _inherits(thread):
-                        if not inherits_anyway:
+                        if not INHERITS:  # else the interpreter's default is the copy already
                             thread._context = copy_context()  # type: ignore[attr-defined]
-                    elif inherits_anyway:
+                    elif INHERITS:
                         thread._context = Context()  # type: ignore[attr-defined]
                     function = types.MethodType(_release_after, function)
-            return original(function, handle=handle, daemon=daemon)
+            return original(function, *args, **kwargs)
 
         return functools.wraps(original)(start_thread)
 
-    def copies_for(function: object) -> bool:
+    def start_in_copy(function: Any, /, *args: Any, **kwargs: Any) -> Any:
         thread = getattr(function, "__self__", None)
-        if type(thread) is not thread_class and (
-            not isinstance(thread, thread_class)
-            or isinstance(thread, _RunsInStartersContext)  # ContextThread/Timer copy for themselves
+        if (
+            generation.active
+            and isinstance(thread, thread_class)
+            and not isinstance(thread, RunsInStartersContext)  # ContextThread/Timer copy for themselves
+            and _inherits(thread)
         ):
-            return False
-        return generation.active and _inherits(thread)
+            function = types.MethodType(copy_context().run, function)  # copy.run(bootstrap), no partial
+        return original(function, *args, **kwargs)
 
-    if sys.version_info >= (3, 13):
-        # Spelled out, as Thread.start passes them: forwarding **kwargs would
-        # build a dict on every start.
-        def start_joinable(function: Any, handle: Any = None, daemon: bool = True) -> Any:
-            if copies_for(function):
-                function = types.MethodType(copy_context().run, function)
-            return original(function, handle=handle, daemon=daemon)
-
-        return functools.wraps(original)(start_joinable)
-
-    # start_new_thread takes positional arguments only.
-    def start_new(function: Any, *args: Any) -> Any:
-        if copies_for(function):
-            function = types.MethodType(copy_context().run, function)
-        return original(function, *args)
-
-    return functools.wraps(original)(start_new)
+    return functools.wraps(original)(start_in_copy)
 
 
 def _work_item(original: type, generation: _Generation) -> type:
@@ -244,7 +213,7 @@ def _work_item(original: type, generation: _Generation) -> type:
     """
     base_init: Callable[..., None] = original.__init__  # type: ignore[misc]
 
-    if _NATIVE_THREAD_CONTEXT:
+    if NATIVE_CONTEXT:
         # 3.14+: the item holds the executor's resolved task, bound here like
         # any other; which WorkerContext runs it is known only in the worker.
         # An InterpreterPoolExecutor's sends the task to another interpreter:
@@ -304,7 +273,7 @@ def _thread_pool_map(original: Callable[..., Iterator[Any]], generation: _Genera
             or not kwargs.get("buffersize")  # every item is submitted now, from the caller's context
             or isinstance(self, ContextThreadPoolExecutor)
             or runs_in_a_context(fn)
-            or _sends_work_elsewhere(self)
+            or sends_work_elsewhere(self)
         ):
             # Inactive, submitting from its caller's context already (als's own executor, or items
             # bound by wrap_executor), or bound for another interpreter.
@@ -353,13 +322,13 @@ def _targets() -> list[tuple[object, str, Callable[[Any, _Generation], Any]]]:
     from concurrent.futures import ProcessPoolExecutor  # noqa: PLC0415
 
     targets: list[tuple[object, str, Callable[[Any, _Generation], Any]]] = [
-        (threading, _LOW_LEVEL_START, _low_level_start),
+        (threading, LOW_LEVEL_START, _low_level_start),
         (_futures_thread, "_WorkItem", _work_item),
         (ThreadPoolExecutor, "map", _thread_pool_map),
         (ProcessPoolExecutor, "submit", _process_pool_submit),
         (multiprocessing.pool.Pool, "_repopulate_pool_static", _pool_workers),
     ]
-    if _NATIVE_THREAD_CONTEXT:
+    if NATIVE_CONTEXT:
         targets.append((threading, "_contextvars", _StartDefaults))
     return targets
 
@@ -387,8 +356,15 @@ def _patch() -> None:
     global _generation  # noqa: PLW0603 - the one piece of process-wide state, under _lock
     if _generation is not None:
         return
+    targets = _targets()
+    missing = [f"{owner.__name__}.{name}" for owner, name, _ in targets if not hasattr(owner, name)]  # type: ignore[attr-defined]
+    if missing:  # a Python whose internals moved: refuse, rather than patch what copies nothing
+        raise RuntimeError(
+            f"als.patch() does not know this Python ({sys.version.split()[0]}): it has no"
+            f" {', '.join(missing)}; nothing was patched"
+        )
     generation = _Generation()
-    for owner, name, make in _targets():
+    for owner, name, make in targets:
         _sweep(owner, name)
         held = vars(owner).get(name, _ABSENT)
         installed = make(getattr(owner, name), generation)

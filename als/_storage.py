@@ -21,7 +21,8 @@ from contextvars import ContextVar, Token, copy_context
 from types import TracebackType
 from typing import Any, Generic, ParamSpec, TypeVar, overload
 
-from ._context import ForkSafeLock, bind, in_context, not_callable, snapshot
+from ._context import bind, in_context, snapshot
+from ._util import ForkSafeLock, not_callable, wrong_type
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -59,9 +60,7 @@ class AsyncLocalStorage(Generic[T]):
         if name is None:
             name = _generated_name()
         elif not isinstance(name, str):
-            raise TypeError(
-                f"AsyncLocalStorage() argument 'name' must be str or None, not {type(name).__name__}"
-            )
+            raise wrong_type("AsyncLocalStorage", "name", "str or None", name)
         self._name = name
         self._default: T = default
         self._var: ContextVar[T] = ContextVar(f"als:{name}", default=default)

@@ -21,30 +21,20 @@ Invariants:
 from __future__ import annotations
 
 import numbers
-import sys
 import threading
 from collections.abc import Callable, Iterable, Mapping
 from contextvars import Context, copy_context
 from typing import Any
 
-from ._context import not_callable
-
-# Until 3.14 is the minimum supported Python: Thread(context=) and Thread._context exist from 3.14.
-NATIVE_CONTEXT = sys.version_info >= (3, 14)
-# 3.14+: new threads start in a copy of their starter's context (on by default
-# in free-threaded builds). Fixed for the life of the process.
-INHERITS = bool(getattr(sys.flags, "thread_inherit_context", False))
+from ._util import NATIVE_CONTEXT, not_callable, wrong_type
 
 
 def _check_context(function: str, context: object) -> None:
     if context is not None and not isinstance(context, Context):
-        raise TypeError(
-            f"{function}() argument 'context' must be a contextvars.Context or None,"
-            f" not {type(context).__name__}"
-        )
+        raise wrong_type(function, "context", "a contextvars.Context or None", context)
 
 
-def _set_context(thread: _RunsInStartersContext, context: Context) -> None:
+def _set_context(thread: RunsInStartersContext, context: Context) -> None:
     """Keep a ``context=`` given at construction, where ``start()`` looks for it."""
     if NATIVE_CONTEXT:
         thread._context = context
@@ -52,7 +42,7 @@ def _set_context(thread: _RunsInStartersContext, context: Context) -> None:
         thread._als_context = context
 
 
-class _RunsInStartersContext(threading.Thread):
+class RunsInStartersContext(threading.Thread):
     """Mix-in: ``run()`` runs in a copy of the context of ``start()``'s caller."""
 
     if NATIVE_CONTEXT:
@@ -86,14 +76,11 @@ class _RunsInStartersContext(threading.Thread):
 
         def start(self) -> None:
             context = self._als_context
-            made = self._ident is None  # type: ignore[attr-defined]  # else: let Thread raise its own error
-            if made:
-                self._als_run_in = copy_context() if context is None else context
+            self._als_run_in = copy_context() if context is None else context
             try:
                 super().start()
-            except BaseException:
-                if made:
-                    self._als_run_in = None
+            except BaseException:  # started before (its bootstrap has taken its context), or no thread
+                self._als_run_in = None
                 raise
 
         def _bootstrap(self) -> None:
@@ -105,7 +92,7 @@ class _RunsInStartersContext(threading.Thread):
                 context.run(super()._bootstrap)  # type: ignore[misc]
 
 
-class ContextThread(_RunsInStartersContext):
+class ContextThread(RunsInStartersContext):
     """A ``threading.Thread`` whose ``run()`` runs in a copy of its starter's context.
 
     Context: copied when ``start()`` is called, in the caller's thread, not at
@@ -140,7 +127,7 @@ class ContextThread(_RunsInStartersContext):
             _set_context(self, context)
 
 
-class ContextTimer(_RunsInStartersContext, threading.Timer):
+class ContextTimer(RunsInStartersContext, threading.Timer):
     """A ``threading.Timer`` whose function runs in a copy of its starter's context.
 
     The same rule as ``ContextThread``: the context is copied at ``start()``;
@@ -165,8 +152,7 @@ class ContextTimer(_RunsInStartersContext, threading.Timer):
         if type(seconds) not in (int, float) and (
             isinstance(seconds, bool) or not isinstance(seconds, numbers.Real)
         ):
-            kind = type(seconds).__name__
-            raise TypeError(f"ContextTimer() argument 'interval' must be a number of seconds, not {kind}")
+            raise wrong_type("ContextTimer", "interval", "a number of seconds", seconds)
         if not callable(function):
             not_callable("ContextTimer", "function", function)
         if context is not None:

@@ -17,8 +17,8 @@ that logs, and writes it to one field (``request_id`` by default):
   thread and see no request: use the record factory, or put the filter on
   the ``QueueHandler``.
 
-Uses only als's public API and the standard library; structlog and loguru
-are never imported.
+Uses only als's public API, its shared helpers (``als._util``) and the
+standard library; structlog and loguru are never imported.
 """
 
 from __future__ import annotations
@@ -28,8 +28,8 @@ import sys
 from collections.abc import Callable, MutableMapping
 from typing import Any, TypeVar
 
-from ._context import ForkSafeLock
-from ._storage import AsyncLocalStorage
+from . import AsyncLocalStorage
+from ._util import ForkSafeLock, wrong_type
 
 T = TypeVar("T")
 
@@ -38,9 +38,7 @@ __all__ = ["ContextFilter", "install_record_factory", "loguru_patcher", "structl
 
 def _check(function: str, storage: object, field: object) -> None:
     if not isinstance(storage, AsyncLocalStorage):
-        raise TypeError(
-            f"{function}() argument 'storage' must be an AsyncLocalStorage, not {type(storage).__name__}"
-        )
+        raise wrong_type(function, "storage", "an AsyncLocalStorage", storage)
     if not isinstance(field, str) or not field.isidentifier():
         raise ValueError(f"{function}() argument 'field' must be an identifier string, got {field!r}")
 

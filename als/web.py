@@ -19,7 +19,8 @@ Invariants:
 * Bad configuration fails at construction; a bad id from a custom generator
   fails the request with an error naming the generator, never its value.
 
-Uses only als's public API and the standard library.
+Uses only als's public API, its shared helpers (``als._util``) and the
+standard library.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from types import TracebackType
 from typing import Any, Generic, Literal, Protocol, TypeVar
 
 from . import AsyncLocalStorage
+from ._util import wrong_type
 
 __all__ = ["ASGIRequestId", "WSGIRequestId", "is_safe_header_value", "is_valid_request_id", "new_request_id"]
 
@@ -103,30 +105,21 @@ class _RequestId(Generic[_App]):
     ) -> None:
         cls = type(self).__name__
         if not callable(app):
-            raise TypeError(f"{cls}() argument 'app' must be callable, not {type(app).__name__}")
+            raise wrong_type(cls, "app", "callable", app)
         if not isinstance(storage, AsyncLocalStorage):
-            raise TypeError(
-                f"{cls}() argument 'storage' must be an AsyncLocalStorage, not {type(storage).__name__}"
-            )
+            raise wrong_type(cls, "storage", "an AsyncLocalStorage", storage)
         if not isinstance(header, str):
-            raise TypeError(f"{cls}() argument 'header' must be str, not {type(header).__name__}")
+            raise wrong_type(cls, "header", "str", header)
         if _HEADER_NAME(header) is None:
             raise ValueError(
                 f"{cls}() argument 'header' must be a valid HTTP header name"
                 f" (letters, digits and !#$%&'*+-.^_`|~), got {header!r}"
             )
         if not isinstance(trust_incoming, bool):
-            raise TypeError(
-                f"{cls}() argument 'trust_incoming' must be bool, not {type(trust_incoming).__name__}"
-            )
-        if generator is not None and not callable(generator):
-            raise TypeError(
-                f"{cls}() argument 'generator' must be callable or None, not {type(generator).__name__}"
-            )
-        if validator is not None and not callable(validator):
-            raise TypeError(
-                f"{cls}() argument 'validator' must be callable or None, not {type(validator).__name__}"
-            )
+            raise wrong_type(cls, "trust_incoming", "bool", trust_incoming)
+        for argument, value in (("generator", generator), ("validator", validator)):
+            if value is not None and not callable(value):
+                raise wrong_type(cls, argument, "callable or None", value)
         if on_invalid not in ("replace", "reject"):
             raise ValueError(
                 f"{cls}() argument 'on_invalid' must be 'replace' or 'reject', got {on_invalid!r}"

@@ -132,18 +132,21 @@ async def test_scope_closed_from_another_task(storage: AsyncLocalStorage[object]
 @pytest.mark.filterwarnings("ignore:This process .* is multi-threaded:DeprecationWarning")
 def test_fork_inside_a_request(storage: AsyncLocalStorage[object]) -> None:
     """A child forked in a request while another thread holds als's locks keeps the store, and can
-    start pools, patch and unpatch: als's locks are re-created in the child."""
+    start pools, patch and unpatch: the fork waits for the locks' holder, so the child gets them free."""
     import signal
 
     import als._executors
     import als._patch
 
-    held, release = threading.Event(), threading.Event()
+    held, forking = threading.Event(), threading.Event()
+    # Registered after als's locks, so it runs before their fork hooks: the
+    # holder is still inside its critical section when the fork begins.
+    os.register_at_fork(before=forking.set)
 
     def hold_locks() -> None:
         with als._patch._lock, als._executors._future_classes_lock:
             held.set()
-            wait(release)
+            wait(forking)
 
     def request() -> int:
         pid = os.fork()
@@ -171,8 +174,10 @@ def test_fork_inside_a_request(storage: AsyncLocalStorage[object]) -> None:
     try:
         assert storage.run("A", request) == 0
     finally:
-        release.set()
+        forking.set()
         join_all([holder])
+    assert not als._patch._lock.locked()
+    assert not als._executors._future_classes_lock.locked()
 
 
 def test_patch_and_unpatch_racing_with_running_threads(storage: AsyncLocalStorage[object]) -> None:
