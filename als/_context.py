@@ -147,10 +147,10 @@ class InCopy:
     """``fn(*args, **kwargs)`` in a fresh copy of a captured context, per call: the hop primitive.
 
     Every als hop that captures a context for later (``bind``, ``snapshot``,
-    done callbacks, ``wrap_executor``'s ``map``) is one of these, so that a
-    thread pool recognises, by ``isinstance`` alone, a callable that needs
-    no second copy. Calls may run concurrently: each has its own copy. A
-    coroutine result is driven in its call's copy.
+    done callbacks) is one of these, so that a thread pool recognises, by
+    ``isinstance`` alone, a callable that needs no second copy. Calls may
+    run concurrently: each has its own copy. A coroutine result is driven in
+    its call's copy.
     """
 
     __slots__ = ("_context", "_fn")
@@ -253,9 +253,9 @@ def snapshot() -> Snapshot:
 def runs_in_a_context(fn: object) -> bool:
     """True for a callable that enters a context itself, so that a hop adds no copy of its own.
 
-    An ``InCopy`` (``bind`` and ``snapshot`` results, done callbacks, map
-    items bound by ``wrap_executor``), a ``Context.run`` (als's executors
-    pass ``copy.run``) or a ``functools.partial`` over one (``asyncio.to_thread``).
+    An ``InCopy`` (``bind`` and ``snapshot`` results, done callbacks), a
+    ``Context.run`` (als's executors pass ``copy.run``) or a
+    ``functools.partial`` over one (``asyncio.to_thread``).
     """
     if isinstance(fn, InCopy):
         return True

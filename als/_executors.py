@@ -17,8 +17,7 @@ Invariants:
   ``submit`` and anything wrapping it.
 * ``map`` submits every item from the context of ``map()``'s caller: at
   once, or, for those that 3.14's ``buffersize`` submits while another
-  thread consumes the results, from a copy of it (``results_in``);
-  ``wrap_executor`` binds each item to a capture instead (an ``InCopy``).
+  thread consumes the results, from a copy of it (``map_from_here``).
 * Worker threads start outside any request. Where new threads inherit
   their starter's context (CPython 3.14's ``thread_inherit_context``),
   ``ContextThreadPoolExecutor`` starts them in a new, empty ``Context``
@@ -146,7 +145,7 @@ def bind_work_item(item: Any, context: Context | None = None) -> None:
     so the standard library's done callbacks, stay outside it. An item whose
     callable enters a context itself is left as it is, and no copy is made.
     """
-    if TASK_TUPLE:
+    if TASK_TUPLE:  # the other branch goes once 3.14 is the minimum supported Python
         fn, args, kwargs = item.task
         if not runs_in_a_context(fn):
             item.task = ((context or copy_context()).run, (fn, *args), kwargs)
@@ -211,13 +210,24 @@ class _MapItem:
         return self.fn(*args)
 
 
-def results_in(context: Context, results: Iterator[R]) -> Iterator[R]:
-    """Iterate ``results`` (a ``map()``'s) with each step in ``context``; closing this closes them.
+def map_from_here(
+    map_all: Callable[..., Iterator[R]], fn: Any, /, *iterables: Any, **kwargs: Any
+) -> Iterator[R]:
+    """Call an executor's ``map`` so that every item is submitted from the context current here.
 
-    3.14's ``map(buffersize=)`` submits further items while its results are
-    consumed, from whichever thread and context consumes them: stepping in
-    the context of ``map()``'s caller makes those submits happen there.
+    ``map`` submits every item before it returns, except with 3.14's
+    ``buffersize``, where it submits further items while the results are
+    consumed, from whichever thread and context consumes them: then each
+    step of the results runs in a copy of this context, so those submits
+    happen there too; closing the results closes ``map``'s.
     """
+    if not kwargs.get("buffersize"):
+        return map_all(fn, *iterables, **kwargs)
+    context = copy_context()
+    return _results_in(context, context.run(map_all, fn, *iterables, **kwargs))
+
+
+def _results_in(context: Context, results: Iterator[R]) -> Iterator[R]:
     try:
         while True:
             try:
@@ -346,13 +356,8 @@ class ContextThreadPoolExecutor(ThreadPoolExecutor):
         """
         if not callable(fn):
             not_callable("map", "fn", fn)
-        submit_all: Callable[..., Iterator[R]] = super().map
-        item = _MapItem(fn)
-        if not kwargs.get("buffersize"):  # every item is submitted here, before this returns
-            return submit_all(item, *iterables, timeout=timeout, chunksize=chunksize, **kwargs)
-        context = copy_context()
-        return results_in(
-            context, context.run(submit_all, item, *iterables, timeout=timeout, chunksize=chunksize, **kwargs)
+        return map_from_here(
+            super().map, _MapItem(fn), *iterables, timeout=timeout, chunksize=chunksize, **kwargs
         )
 
 
@@ -384,7 +389,7 @@ class ContextExecutor(Executor):
         submit: Callable[..., Future[R]] = self._executor.submit  # read per call, as wrapped by then
         if self._starts_threads:
             submit = functools.partial(start_threads_empty, submit)
-        if runs_in_a_context(fn):  # a bind() result, or an item from map(): it copies for itself
+        if runs_in_a_context(fn):  # a bind() or snapshot() result: it copies for itself
             return adopt(submit(fn, *args, **kwargs))
         return adopt(submit(copy_context().run, fn, *args, **kwargs))
 
@@ -403,8 +408,7 @@ class ContextExecutor(Executor):
         """
         if not callable(fn):
             not_callable("map", "fn", fn)
-        bound = InCopy(copy_context(), fn)
-        return super().map(bound, *iterables, timeout=timeout, chunksize=chunksize, **kwargs)
+        return map_from_here(super().map, fn, *iterables, timeout=timeout, chunksize=chunksize, **kwargs)
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         """Shut the wrapped executor down (``cancel_futures`` is passed only when true)."""

@@ -5,47 +5,30 @@ Invariants:
 * Each replaced attribute is saved with what its owner held (or as absent,
   for an inherited one). ``unpatch()`` puts the original back wherever als's
   replacement is still in place; where another library has wrapped it since,
-  the buried replacement is switched off instead, so the other library keeps
-  working and nothing propagates twice. Replacements from an earlier
-  ``patch()`` stay off for good.
+  the buried replacement is switched off instead (its ``_Generation``), so
+  the other library keeps working and nothing propagates twice.
 * ``patch()``, ``unpatch()`` and ``patched()`` take one lock.
 * The hooks sit at the lowest hand-off point the standard library offers,
   below anything another library wraps (``Thread.start``, ``Timer.start``,
   ``ThreadPoolExecutor.submit``: OpenTelemetry, Sentry, profilers). So a
   wrapper installed before or after als is never bypassed, what it sets
   for one hop runs inside that hop's copy, and its own undo never meets als.
-* Threads: the hook is the low-level function ``Thread.start`` calls
-  (``threading._start_new_thread``, or ``_start_joinable_thread`` on 3.13+),
-  read at call time, so every path into a new thread is covered, including a
-  ``start`` that another library saved before als patched. On 3.10 to 3.13
-  the new thread's bootstrap runs in a copy of the starter's context. On
-  3.14+ the thread's native ``_context`` is the mechanism: ``Thread.start``
-  makes one when none was given, through ``threading._contextvars``, which
-  the patch replaces with a recorder so that the hook tells such a default
-  from an explicit ``Thread(context=...)`` (kept as given); the hook turns
-  a default into the starter's copy (or an empty context, for a service
-  thread) and drops it when the thread ends.
+* Threads: the low-level function ``Thread.start`` calls, read at call
+  time, so a ``start`` saved before the patch is covered too. 3.10 to 3.13:
+  the new thread's bootstrap runs in a copy of the starter's context. 3.14+:
+  the thread's native ``_context``; ``threading._contextvars`` is replaced
+  by a recorder, so that the hook tells the default ``Thread.start`` made
+  from an explicit ``Thread(context=...)``, which is kept as given.
 * Pool tasks: ``concurrent.futures.thread._WorkItem`` is replaced by a
-  subclass that takes the task's copy when ``submit()`` makes it, in the
-  submitter's thread, and runs only the task in it (done callbacks keep the
-  standard library's behaviour). ``ThreadPoolExecutor.submit`` itself is
-  left alone. ``map`` is replaced too, for 3.14's ``buffersize`` only: its
-  results are stepped in a copy of its caller's context, since it submits
-  items from whichever thread consumes them.
+  subclass that binds the task to its copy when ``submit()`` makes it, in
+  the submitter's thread; done callbacks keep the standard library's
+  behaviour. ``map`` is replaced for 3.14's ``buffersize`` only.
 * A replacement keeps the name, docstring and signature of what it wraps,
-  its return value and its exceptions; bad input gets the standard
-  library's own behaviour.
-* Each hop copies the context at most once: a callable that already runs in
-  a context (``Context.run``, a ``functools.partial`` over it as
-  ``asyncio.to_thread`` passes, als's ``bind``/``snapshot`` and ``map``
-  binding) is not wrapped again, and als's own threads copy for themselves.
-* Nothing the standard library starts to serve a pool or a queue for its
-  whole life is pinned to the request that happened to start it: service
-  threads (pool workers, the process pool's manager, ``multiprocessing``
-  pool and queue threads, ``QueueListener``) start with an empty context,
-  and so do the processes that serve a pool: a process pool's ``submit``
-  and ``multiprocessing.Pool``'s worker (re)starts run in an empty one, so a
-  forked worker keeps no request.
+  its return value and its exceptions.
+* Each hop copies the context at most once (``runs_in_a_context``), and
+  als's own threads copy for themselves.
+* Threads and processes that serve a pool or a queue for their whole life
+  start with an empty context, never pinned to the request that started them.
 """
 
 from __future__ import annotations
@@ -62,9 +45,8 @@ from contextlib import contextmanager
 from contextvars import Context, copy_context
 from typing import TYPE_CHECKING, Any
 
-from ._context import runs_in_a_context
-from ._executors import ContextThreadPoolExecutor, bind_work_item, results_in, sends_work_elsewhere
-from ._threads import RunsInStartersContext
+from ._executors import ContextThreadPoolExecutor, bind_work_item, map_from_here, sends_work_elsewhere
+from ._threads import bootstrap_in
 from ._util import INHERITS, LOW_LEVEL_START, NATIVE_CONTEXT, ForkSafeLock
 
 if TYPE_CHECKING:
@@ -110,7 +92,7 @@ def _inherits(thread: threading.Thread) -> bool:
     """Whether a thread about to start should get a copy of its starter's context."""
     if not getattr(thread, "als_inherit_context", True):
         return False
-    target = getattr(thread, "_target", None)  # not thread.__dict__: an instance dict costs Thread's own code
+    target = getattr(thread, "_target", None)  # not vars(thread): that would make a dict per thread
     module = type(thread).__module__ if target is None else getattr(target, "__module__", None)
     return module not in _SERVICE_MODULES
 
@@ -149,57 +131,38 @@ class _StartDefaults:
         return getattr(self._real, name)
 
 
-def _release_after(bootstrap: Callable[[], None]) -> None:
-    """3.14+: run a thread's bootstrap, then drop the context the patch gave it (the interpreter keeps it)."""
-    try:
-        bootstrap()
-    finally:
-        bootstrap.__self__._context = None  # type: ignore[attr-defined]
+def _context_for(thread: threading.Thread, made: Context | None) -> Context | None:
+    """The context a thread about to start gets under the patch; None leaves it as it is.
+
+    ``made``: 3.14+, the default ``Thread.start`` just made for it (never
+    before 3.14); a thread it made none for was given ``context=``, kept as given.
+    """
+    if NATIVE_CONTEXT and (made is None or thread._context is not made):  # type: ignore[attr-defined]
+        return None
+    if _inherits(thread):
+        return made if INHERITS else copy_context()  # where the interpreter copies, its copy is kept
+    return Context() if INHERITS else made  # a service thread: empty, as without the patch
 
 
 def _low_level_start(original: Callable[..., Any], generation: _Generation) -> Callable[..., Any]:
-    """Wrap the function Thread.start hands ``self._bootstrap`` to.
+    """Wrap the function Thread.start hands ``self._bootstrap`` to: the thread hook.
 
-    3.10 to 3.13: the new thread runs ``Thread._bootstrap``, and so ``run()``,
-    in a copy of the starter's context. Nothing is set on the thread object,
-    and once the thread ends nothing refers to the copy.
-
-    3.14+: a thread that ``Thread.start`` gave a default context (recorded by
-    ``_StartDefaults``) gets the starter's copy instead (or keeps the one the
-    interpreter copied), or an empty one if it serves a pool; it drops it
-    when it ends. A thread given ``context=`` is left exactly as it is.
+    A thread gets its context through ``bootstrap_in``, as a ``ContextThread``
+    does (whose wrapped bootstrap is no ``Thread`` method, so the hook leaves
+    it alone).
     """
     thread_class = threading.Thread
 
-    if NATIVE_CONTEXT:
-
-        def start_thread(function: Any, /, *args: Any, **kwargs: Any) -> Any:
-            made = _made_by_start.pop(threading.get_ident(), None) if _made_by_start else None
-            if made is not None and generation.active:
-                thread = getattr(function, "__self__", None)
-                if isinstance(thread, thread_class) and thread._context is made:  # type: ignore[attr-defined]
-                    if _inherits(thread):
-                        if not INHERITS:  # else the interpreter's default is the copy already
-                            thread._context = copy_context()  # type: ignore[attr-defined]
-                    elif INHERITS:
-                        thread._context = Context()  # type: ignore[attr-defined]
-                    function = types.MethodType(_release_after, function)
-            return original(function, *args, **kwargs)
-
-        return functools.wraps(original)(start_thread)
-
-    def start_in_copy(function: Any, /, *args: Any, **kwargs: Any) -> Any:
+    def start(function: Any, /, *args: Any, **kwargs: Any) -> Any:
+        made = _made_by_start.pop(threading.get_ident(), None) if _made_by_start else None
         thread = getattr(function, "__self__", None)
-        if (
-            generation.active
-            and isinstance(thread, thread_class)
-            and not isinstance(thread, RunsInStartersContext)  # ContextThread/Timer copy for themselves
-            and _inherits(thread)
-        ):
-            function = types.MethodType(copy_context().run, function)  # copy.run(bootstrap), no partial
+        if generation.active and isinstance(thread, thread_class):
+            context = _context_for(thread, made)
+            if context is not None:
+                function = bootstrap_in(context, function)
         return original(function, *args, **kwargs)
 
-    return functools.wraps(original)(start_in_copy)
+    return functools.wraps(original)(start)
 
 
 def _work_item(original: type, generation: _Generation) -> type:
@@ -237,7 +200,7 @@ def _work_item(original: type, generation: _Generation) -> type:
                 original.run(self, ctx)  # type: ignore[attr-defined]
 
         made: type = WorkItem14
-    else:
+    else:  # until 3.14 is the minimum supported Python
 
         class WorkItem(original):  # type: ignore[misc]
             def __init__(self, future: Future[Any], fn: Any, args: Any, kwargs: Any) -> None:
@@ -255,13 +218,10 @@ def _work_item(original: type, generation: _Generation) -> type:
 
 
 def _thread_pool_map(original: Callable[..., Iterator[Any]], generation: _Generation) -> Any:
-    """``map`` submits every item from the context current when it is called.
+    """``map`` submits every item from the context current when it is called (``map_from_here``).
 
-    3.14's ``buffersize`` submits later items while the results are consumed,
-    from whichever thread and context consumes them: here each step of the
-    results runs in a copy of ``map()``'s caller's context, so those submits
-    happen there too. The items are plain submits, so the work item takes
-    each one's copy below any wrapper of ``submit()``.
+    The items are plain submits, so the work item takes each one's copy below
+    any wrapper of ``submit()``.
     """
 
     @functools.wraps(original)
@@ -270,16 +230,11 @@ def _thread_pool_map(original: Callable[..., Iterator[Any]], generation: _Genera
     ) -> Iterator[Any]:
         if (
             not generation.active
-            or not kwargs.get("buffersize")  # every item is submitted now, from the caller's context
-            or isinstance(self, ContextThreadPoolExecutor)
-            or runs_in_a_context(fn)
-            or sends_work_elsewhere(self)
+            or isinstance(self, ContextThreadPoolExecutor)  # does it itself
+            or sends_work_elsewhere(self)  # no context can follow
         ):
-            # Inactive, submitting from its caller's context already (als's own executor, or items
-            # bound by wrap_executor), or bound for another interpreter.
             return original(self, fn, *iterables, **kwargs)
-        context = copy_context()
-        return results_in(context, context.run(original, self, fn, *iterables, **kwargs))
+        return map_from_here(types.MethodType(original, self), fn, *iterables, **kwargs)
 
     return map
 

@@ -176,7 +176,9 @@ class AsyncLocalStorage(Generic[T]):
 class Scope(Generic[T]):
     """``with storage.scope(store):`` - see ``AsyncLocalStorage.scope``.
 
-    Enter it once; ``__enter__`` returns the store.
+    ``__enter__`` returns the store. One block at a time: entering it again
+    before it has exited is a ``RuntimeError``; after the exit it may be
+    entered again.
     """
 
     __slots__ = ("_storage", "_store", "_token")

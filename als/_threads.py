@@ -8,25 +8,28 @@ Invariants:
   behaviour on 3.10+. An explicit ``context=`` is used as is, not copied.
 * The thread drops its context when it ends: a finished thread object keeps
   no store alive (the interpreter itself keeps a 3.14 thread's ``_context``).
-* One mechanism per interpreter family. 3.14+: the interpreter's own
-  ``Thread._context``, set by ``start()`` to the copy, so nothing is copied a
-  second time where the interpreter would copy too
-  (``sys.flags.thread_inherit_context``). 3.10 to 3.13: ``start()`` hands
-  the copy to the new thread (``_als_run_in``), whose whole ``_bootstrap``
-  runs in it. Either way the copy is entered outside ``run()``, so a wrapper
-  that another library puts on ``run()`` (Sentry's per-thread scopes) runs
-  inside it, and what that wrapper sets for the thread wins.
+* One mechanism per interpreter family, ``bootstrap_in``, shared with the
+  patch's thread hook: ``Thread.start`` hands the new thread a wrapped
+  ``_bootstrap``. 3.14+: the new thread first sets its native
+  ``Thread._context`` (where the interpreter copies by itself,
+  ``sys.flags.thread_inherit_context``, its copy is kept, not made twice).
+  3.10 to 3.13: its whole bootstrap runs in the copy. Either way the copy is
+  entered outside ``run()``, so a wrapper that another library puts on
+  ``run()`` (Sentry's per-thread scopes) runs inside it, and what that
+  wrapper sets for the thread wins.
 """
 
 from __future__ import annotations
 
+import functools
 import numbers
 import threading
+import types
 from collections.abc import Callable, Iterable, Mapping
 from contextvars import Context, copy_context
 from typing import Any
 
-from ._util import NATIVE_CONTEXT, not_callable, wrong_type
+from ._util import INHERITS, NATIVE_CONTEXT, not_callable, wrong_type
 
 
 def _check_context(function: str, context: object) -> None:
@@ -34,62 +37,55 @@ def _check_context(function: str, context: object) -> None:
         raise wrong_type(function, "context", "a contextvars.Context or None", context)
 
 
-def _set_context(thread: RunsInStartersContext, context: Context) -> None:
-    """Keep a ``context=`` given at construction, where ``start()`` looks for it."""
-    if NATIVE_CONTEXT:
-        thread._context = context
-    else:
-        thread._als_context = context
+if NATIVE_CONTEXT:  # the other branch goes once 3.14 is the minimum supported Python
+
+    def _run_bootstrap(context: Context | None, bootstrap: Callable[[], None]) -> None:
+        thread: Any = bootstrap.__self__  # type: ignore[attr-defined]
+        if context is not None:
+            thread._context = context
+        try:
+            bootstrap()
+        finally:
+            thread._context = None  # the interpreter keeps it after the thread ends
+
+    def bootstrap_in(context: Context | None, bootstrap: Callable[[], None]) -> Callable[[], None]:
+        """What to hand the low-level thread start in place of ``thread._bootstrap``: the one way a
+        thread gets its context.
+
+        3.14+: the new thread sets its native ``_context`` to ``context`` (None:
+        keeps the one ``Thread.start`` made), runs, and drops it when it ends.
+        """
+        return functools.partial(_run_bootstrap, context, bootstrap)
+
+else:
+
+    def bootstrap_in(context: Context | None, bootstrap: Callable[[], None]) -> Callable[[], None]:
+        """What to hand the low-level thread start in place of ``thread._bootstrap``: the one way a
+        thread gets its context.
+
+        3.10 to 3.13: the new thread's whole bootstrap, and so ``run()``, runs
+        in ``context`` (never None here); nothing refers to it once the
+        thread ends. ``copy.run`` bound as a method: no argument tuple per start.
+        """
+        return types.MethodType(context.run, bootstrap)  # type: ignore[union-attr]
 
 
 class RunsInStartersContext(threading.Thread):
     """Mix-in: ``run()`` runs in a copy of the context of ``start()``'s caller."""
 
-    if NATIVE_CONTEXT:
-        _context: Context | None  # Thread's own, 3.14+ (typeshed for 3.10 has none)
+    _als_context: Context | None = None  # given at construction (context=)
+    _bootstrap: Callable[[], None]  # Thread's own (typeshed has none)
 
-        def start(self) -> None:
-            made = self._context is None  # no context= given
-            if made:
-                self._context = copy_context()
-            try:
-                super().start()
-            except BaseException:  # started before, or no thread could be started
-                if made:
-                    self._context = None
-                raise
-
-        def _bootstrap(self) -> None:
-            try:
-                super()._bootstrap()  # type: ignore[misc]
-            finally:
-                # The interpreter keeps _context after the thread ends.
-                self._context = None
-
-    else:
-        # Until 3.14 is the minimum supported Python: start() hands the copy
-        # to the new thread, which runs its whole bootstrap, and so run()
-        # (any override, and any wrapper another library set on the instance),
-        # in it, as the patch's start hook does for plain threads.
-        _als_context: Context | None = None  # given at construction (context=)
-        _als_run_in: Context | None = None  # handed from start() to the new thread, then dropped
-
-        def start(self) -> None:
-            context = self._als_context
-            self._als_run_in = copy_context() if context is None else context
-            try:
-                super().start()
-            except BaseException:  # started before (its bootstrap has taken its context), or no thread
-                self._als_run_in = None
-                raise
-
-        def _bootstrap(self) -> None:
-            # Taken, and the attribute cleared, first: a finished thread keeps no context.
-            context, self._als_run_in = self._als_run_in, None
-            if context is None:  # started by other means
-                super()._bootstrap()  # type: ignore[misc]
-            else:
-                context.run(super()._bootstrap)  # type: ignore[misc]
+    def start(self) -> None:
+        context = self._als_context
+        if context is None and not INHERITS:  # else the interpreter copies in start() itself
+            context = copy_context()
+        # Thread.start hands self._bootstrap to the new thread: for this start only, the one in context.
+        self._bootstrap = bootstrap_in(context, self._bootstrap)
+        try:
+            super().start()
+        finally:
+            del self._bootstrap
 
 
 class ContextThread(RunsInStartersContext):
@@ -123,8 +119,8 @@ class ContextThread(RunsInStartersContext):
         if context is not None:
             _check_context("ContextThread", context)
         super().__init__(group, target, name, args, kwargs, daemon=daemon)
-        if context is not None:  # else None: one instance attribute fewer before 3.14
-            _set_context(self, context)
+        if context is not None:
+            self._als_context = context
 
 
 class ContextTimer(RunsInStartersContext, threading.Timer):
@@ -159,7 +155,7 @@ class ContextTimer(RunsInStartersContext, threading.Timer):
             _check_context("ContextTimer", context)
         super().__init__(interval, function, args, kwargs)
         if context is not None:
-            _set_context(self, context)
+            self._als_context = context
 
 
 __all__ = ["ContextThread", "ContextTimer"]

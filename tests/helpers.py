@@ -1,19 +1,21 @@
-"""Shared test tools: bounded waits, a locked recorder of what each hop saw, joins that re-raise."""
+"""Shared test tools: bounded waits, a step sequencer for threads, a locked recorder of what each hop
+saw, joins that re-raise."""
 
 from __future__ import annotations
 
 import concurrent.futures
 import concurrent.futures.thread
+import contextlib
 import importlib.util
 import json
 import multiprocessing.pool
 import subprocess
 import sys
 import threading
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from types import ModuleType
-from typing import Any
+from typing import Any, NoReturn
 
 import pytest
 
@@ -60,6 +62,88 @@ def assert_originals() -> None:
 def wait(event: threading.Event) -> None:
     """Wait for ``event``, failing the test instead of hanging."""
     assert event.wait(TIMEOUT), "timed out waiting for an event"
+
+
+class Sequencer:
+    """Makes blocks in different threads run one after another, in the order of their step numbers.
+
+    A thread version of ``trio.testing.Sequencer``::
+
+        seq = Sequencer()
+
+        def worker() -> None:
+            with seq(1):
+                ...  # starts once step 0's block has ended
+
+        ...  # start worker
+        with seq(0):
+            ...  # in this thread, first
+
+    Step ``n`` starts once the blocks of steps 0 to ``n - 1`` have all ended,
+    whichever threads run them; nothing relies on time. An exception from a
+    block propagates unchanged. What would otherwise hang, or run out of
+    order, fails the test with an AssertionError instead:
+
+    * a step that waits longer than ``timeout`` seconds for its turn;
+    * a step number used a second time (each step runs once), or a negative one;
+    * every step still waiting or still to come, once the sequence is broken
+      by one of the above or by an exception from a block: the waiting ones
+      are woken, so no thread is left behind.
+    """
+
+    def __init__(self, timeout: float = TIMEOUT) -> None:
+        self._timeout = timeout
+        self._turn = threading.Condition()
+        self._next = 0  # the step whose block may start now
+        self._claimed: set[int] = set()
+        self._waiting: set[int] = set()
+        self._broken: str | None = None
+
+    @property
+    def waiting(self) -> list[int]:
+        """The steps blocked now, waiting for their turn."""
+        with self._turn:
+            return sorted(self._waiting)
+
+    @contextlib.contextmanager
+    def __call__(self, step: int) -> Iterator[None]:
+        """Run the ``with`` block as step ``step``: after every lower step's block, before any higher."""
+        with self._turn:
+            if step < 0:
+                self._break(f"step {step}: steps are numbered from 0")
+            if step in self._claimed:
+                self._break(f"step {step} entered twice")
+            self._claimed.add(step)
+            self._waiting.add(step)
+            self._turn.notify_all()  # for whoever watches `waiting`
+            try:
+                on_time = self._turn.wait_for(
+                    lambda: self._broken is not None or self._next == step, self._timeout
+                )
+            finally:
+                self._waiting.discard(step)
+            if self._broken is not None:
+                raise AssertionError(f"step {step} cannot run: {self._broken}")
+            if not on_time:
+                self._break(f"step {step} waited {self._timeout} s for step {self._next}, which never ended")
+        try:
+            yield
+        except BaseException as exc:
+            with self._turn:
+                if self._broken is None:
+                    self._broken = f"step {step} raised {exc!r}"
+                self._turn.notify_all()
+            raise
+        with self._turn:
+            self._next += 1
+            self._turn.notify_all()
+
+    def _break(self, reason: str) -> NoReturn:
+        """Mark the sequence broken (the first reason stays), wake every waiting step, and fail."""
+        if self._broken is None:
+            self._broken = reason
+        self._turn.notify_all()
+        raise AssertionError(reason)
 
 
 class Recorder:

@@ -21,8 +21,10 @@ import asyncio
 import sys
 import threading
 import time
+from collections.abc import Coroutine
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import Any
 
 import als
 
@@ -93,7 +95,10 @@ def thread_request(n: int, pools: Pools, outcome: Outcome) -> None:
         thread.join(TIMEOUT)
         check("end")
 
-    request_id.run(rid, tenant.run, f"tenant-of-{rid}", body)
+    def in_request() -> None:
+        tenant.run(f"tenant-of-{rid}", body)
+
+    request_id.run(rid, in_request)
 
 
 async def async_request(n: int, pools: Pools, outcome: Outcome) -> None:
@@ -117,7 +122,12 @@ async def async_request(n: int, pools: Pools, outcome: Outcome) -> None:
         await asyncio.to_thread(check, "asyncio.to_thread")
         check("end")
 
-    await request_id.run(rid, tenant.run, f"tenant-of-{rid}", body)
+    def in_request() -> Coroutine[Any, Any, None]:
+        # Returned, not awaited: request_id.run drives the coroutine that tenant.run returns,
+        # so body runs with both stores.
+        return tenant.run(f"tenant-of-{rid}", body)
+
+    await request_id.run(rid, in_request)
 
 
 def run(requests: int, concurrency: int = 16, switch_interval: float | None = None) -> Outcome:

@@ -228,7 +228,7 @@ class TestRunCoroutineAsyncio:
         assert recorder.as_dict() == {"cancelled": "A"}
 
     def test_finished_task_keeps_no_store(self, storage: AsyncLocalStorage[object]) -> None:
-        """Regression (review #2): a done task still holds its coroutine, but not the request's store."""
+        """A done task still holds its coroutine, but not the request's store: the store is freed."""
         store = Store()
         ref = weakref.ref(store)
 
@@ -247,7 +247,8 @@ class TestRunCoroutineAsyncio:
         assert task.done()
 
     def test_stack_and_repr_show_the_wrapped_coroutine(self, storage: AsyncLocalStorage[object]) -> None:
-        """Regression (review #9): task.get_stack() and the repr reach into the user's coroutine."""
+        """task.get_stack() and the task's repr reach through the driven coroutine into the user's own:
+        the stack is the handler's frame, the repr says where it is suspended."""
         seen: list[object] = []
 
         async def handler() -> None:
@@ -353,7 +354,8 @@ class TestCoroutineProtocol:
 
     @pytest.mark.parametrize("end", ["close()", "garbage collection"])
     def test_cleanup_runs_in_context(self, storage: AsyncLocalStorage[object], end: str) -> None:
-        """Closed, or dropped while suspended (review #9), the body's finally block still sees the store."""
+        """Closed, or dropped while suspended and garbage-collected, the body's finally block still sees
+        the store."""
         recorder = Recorder()
 
         async def body() -> None:
@@ -411,7 +413,8 @@ class TestCoroutineProtocol:
         assert asyncio.run(storage.run("A", plain)) == "A"
 
     def test_yield_from_and_weakref(self, storage: AsyncLocalStorage[object]) -> None:
-        """Regression (review #9): usable in yield from (generator-based coroutines) and weakly referenced."""
+        """A driven coroutine works under ``yield from`` (generator-based coroutines) and can be weakly
+        referenced, as a native coroutine can."""
 
         async def body() -> object:
             return storage.get_store()

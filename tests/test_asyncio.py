@@ -118,7 +118,8 @@ class TestRunInExecutor:
         asyncio.run(main())
 
     def test_bad_executors_raise_at_the_call(self) -> None:
-        """Regression (review #3): a non-executor or a process pool is a TypeError at the call."""
+        """A non-executor, or a process pool (a context cannot cross into it), is a TypeError raised by
+        the run_in_executor() call itself, before anything is awaited."""
         from concurrent.futures import ProcessPoolExecutor
 
         async def main() -> None:

@@ -225,8 +225,8 @@ class TestSubclassing:
     def test_a_wrapper_of_the_stdlib_submit_installed_after_import_is_called(
         self, storage: AsyncLocalStorage[object], monkeypatch: pytest.MonkeyPatch
     ) -> None:
-        """Regression (#12): a tracer that wraps ThreadPoolExecutor.submit after ``import als`` is not
-        bypassed, and sees the submitter's store."""
+        """A tracer that wraps ThreadPoolExecutor.submit after ``import als`` is not bypassed, and sees
+        the submitter's store."""
         seen: list[object] = []
         original = ThreadPoolExecutor.submit
 
@@ -276,8 +276,8 @@ class TestMap:
     def test_items_submitted_later_keep_the_callers_context(
         self, storage: AsyncLocalStorage[object], make_executor: Callable[..., Executor]
     ) -> None:
-        """Regression (review #1): items that map(buffersize=) submits while B consumes the results, in
-        another thread, run with map()'s caller's store."""
+        """Items that map(buffersize=) submits later, while B consumes the results in another thread, run
+        with map()'s caller's store."""
         executor = make_executor(max_workers=2)
         results = storage.run("A", executor.map, lambda n: (n, storage.get_store()), range(5), buffersize=1)
         assert consumed_in_another_thread(storage, "B", results) == [(n, "A") for n in range(5)]
@@ -432,8 +432,8 @@ class TestReturnedFutures:
     def test_callback_on_a_done_future_runs_at_once(
         self, storage: AsyncLocalStorage[object], make_executor: Callable[..., Executor]
     ) -> None:
-        """On a done future the callback runs in the registering thread, in a copy of its context:
-        regression (#12), what it sets no longer leaks into the registering code."""
+        """On a done future the callback runs at once in the registering thread, in a copy of its
+        context: what it sets does not leak into the registering code."""
         executor = make_executor(max_workers=1)
         future = executor.submit(lambda: None)
         future.result(TIMEOUT)
@@ -443,7 +443,11 @@ class TestReturnedFutures:
             recorder("callback", (storage.get_store(), threading.get_ident()))
             storage.enter_with("leak")
 
-        after = storage.run("B", lambda: (future.add_done_callback(callback), storage.get_store()))
+        def register_in_b() -> tuple[None, object]:
+            returned = future.add_done_callback(callback)  # the callback runs in here, at once
+            return returned, storage.get_store()
+
+        after = storage.run("B", register_in_b)
         assert recorder.as_dict() == {"callback": ("B", threading.get_ident())}
         assert after == (None, "B")
         assert storage.get_store() is None
@@ -451,7 +455,7 @@ class TestReturnedFutures:
     def test_callback_keeps_no_store_after_running(
         self, storage: AsyncLocalStorage[object], make_executor: Callable[..., Executor]
     ) -> None:
-        """Regression (review #2): a future keeps its callbacks, but not the registrant's store."""
+        """A future keeps its callbacks, but not the registrant's store: once they ran, the store is freed."""
         executor = make_executor(max_workers=1)
         release = threading.Event()
         future = executor.submit(wait, release)
@@ -560,7 +564,7 @@ class TestWrapExecutor:
             executor.shutdown(cancel_futures=True)
 
     def test_not_a_future_comes_back_unchanged(self, storage: AsyncLocalStorage[object]) -> None:
-        """Regression (review #8): whatever an odd submit() returns is handed back as it is."""
+        """Whatever an odd submit() returns, a Future or not, is handed back as it is."""
 
         class Handle:
             def result(self) -> str:
@@ -576,7 +580,8 @@ class TestWrapExecutor:
         assert handle.result() == "handle"  # type: ignore[comparison-overlap]
 
     def test_future_class_refusing_subclasses(self, storage: AsyncLocalStorage[object]) -> None:
-        """Regression (review #8): a Future class whose __init_subclass__ raises: no error after submit."""
+        """A Future class whose __init_subclass__ raises (als cannot subclass it): submit() returns the
+        executor's own future as it is, with no error, and the task saw the submitter's store."""
 
         class Picky(Future[Any]):
             def __init_subclass__(cls, **kwargs: Any) -> None:
@@ -593,7 +598,7 @@ class TestWrapExecutor:
         assert future.result() == "A"
 
     def test_wrapped_executors_own_submit_sees_the_request(self, storage: AsyncLocalStorage[object]) -> None:
-        """Regression (review #10): an instrumented executor's submit() runs in the caller's context."""
+        """An instrumented executor's own submit() runs in the caller's context, and so does the task."""
         recorder = Recorder()
 
         class TracingExecutor(Executor):

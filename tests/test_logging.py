@@ -129,7 +129,14 @@ class TestContextFilter:
         handler.addFilter(ContextFilter(request))
         handler.addFilter(ContextFilter(tenant, field="tenant", default="no-tenant"))
         logger.addHandler(handler)
-        request.run("A", tenant.run, "acme", logger.info, "both")
+
+        def in_request_a() -> None:
+            def in_tenant_acme() -> None:
+                logger.info("both")
+
+            tenant.run("acme", in_tenant_acme)
+
+        request.run("A", in_request_a)
         request.run("B", logger.info, "one")
         assert handler.lines == ["A/acme both", "B/no-tenant one"]
 
@@ -201,8 +208,14 @@ class TestRecordFactory:
         logging.setLogRecordFactory(foreign)
         try:
 
+            def in_request_a() -> None:
+                def in_tenant_acme() -> None:
+                    logger.info("x")
+
+                tenant.run("acme", in_tenant_acme)
+
             def fields() -> dict[str, object]:
-                storage.run("A", tenant.run, "acme", logger.info, "x")
+                storage.run("A", in_request_a)
                 record = handler.records[-1]
                 return {k: getattr(record, k, None) for k in ("request_id", "tenant", "foreign")}
 
@@ -266,8 +279,8 @@ class TestRecordFactory:
     def test_the_field_is_visible_to_everyone_but_make_record(
         self, storage: AsyncLocalStorage[object]
     ) -> None:
-        """Regression (review of #4): code that asks `field in record.__dict__` (structlog's ExtraAdder)
-        sees the field; a record pickled as is arrives with a plain dict."""
+        """Code that asks `field in record.__dict__` (structlog's ExtraAdder) sees the field; a record
+        pickled as is arrives with a plain dict."""
         undo = install_record_factory(storage)
         try:
             record = storage.run(

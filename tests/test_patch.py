@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import _contextvars
 import asyncio
 import contextlib
 import contextvars
@@ -32,6 +33,7 @@ from .helpers import (
     THREADS_INHERIT,
     TIMEOUT,
     Recorder,
+    Sequencer,
     Worker,
     assert_originals,
     consumed_in_another_thread,
@@ -166,7 +168,8 @@ class TestThreads:
         assert recorder.as_dict() == {"class": None, "instance": None}
 
     def test_a_run_the_instance_had_is_kept(self, storage: AsyncLocalStorage[object]) -> None:
-        """Regression (review of #4): a run() assigned on the instance runs, in context, and stays after."""
+        """A run() assigned on the thread instance is what runs, in the starter's context, and it is still
+        the instance's own attribute afterwards."""
         recorder = Recorder()
         thread = threading.Thread()
 
@@ -182,8 +185,9 @@ class TestThreads:
     def test_a_start_saved_in_a_subclass_before_the_patch_is_not_bypassed(
         self, storage: AsyncLocalStorage[object], monkeypatch: pytest.MonkeyPatch
     ) -> None:
-        """Regression (#12): OpenTelemetry's uninstrument() leaves Timer.start in Timer's own dict, set
-        to the Thread.start it found; a Timer started through it still runs in its starter's copy."""
+        """A start() saved in a subclass's own dict before the patch does not get around it: with
+        Timer.start set to the Thread.start found earlier (as OpenTelemetry's uninstrument() leaves it),
+        a Timer started through it still runs in its starter's copy."""
         monkeypatch.setattr(threading.Timer, "start", threading.Thread.start, raising=False)
         recorder = Recorder()
         timer = threading.Timer(0, lambda: recorder("timer", storage.get_store()))
@@ -236,9 +240,19 @@ class TestThreads:
         assert [c.exc_value for c in calls] == [error]
 
     def test_als_threads_are_not_copied_twice(
-        self, storage: AsyncLocalStorage[object], copies: list[None]
+        self, storage: AsyncLocalStorage[object], copies: list[None], monkeypatch: pytest.MonkeyPatch
     ) -> None:
-        """ContextThread and ContextTimer copy for themselves; the patch adds no copy: one per thread."""
+        """ContextThread and ContextTimer copy for themselves (where threads inherit, the interpreter's
+        own copy is theirs); the patch adds no copy: one per thread."""
+        interpreter_copy = _contextvars.copy_context
+
+        def counted() -> contextvars.Context:
+            context = interpreter_copy()
+            if len(context):
+                copies.append(None)
+            return context
+
+        monkeypatch.setattr(_contextvars, "copy_context", counted)  # what Thread.start calls
         recorder = Recorder()
         threads = [
             als.ContextThread(target=lambda: recorder("thread", storage.get_store())),
@@ -348,7 +362,8 @@ class TestThreadPools:
     def test_bind_and_snapshot_are_not_copied_twice(
         self, storage: AsyncLocalStorage[object], copies: list[None]
     ) -> None:
-        """Regression (review of #4): a bound function or a snapshot handed to a pool gets no extra copy."""
+        """A bound function or a snapshot handed to a patched pool runs in its own captured context: the
+        pool makes no second copy."""
         with ThreadPoolExecutor(max_workers=1) as executor:
             bound = storage.run("A", als.bind, storage.get_store)
             snap = storage.run("S", als.snapshot)
@@ -378,8 +393,8 @@ class TestThreadPools:
     def test_als_executors_are_not_copied_twice(
         self, storage: AsyncLocalStorage[object], copies: list[None]
     ) -> None:
-        """ContextThreadPoolExecutor and wrap_executor under the patch: one copy per task (wrap_executor's
-        map: one capture per call, each item in a copy of it made by Context.copy)."""
+        """ContextThreadPoolExecutor and wrap_executor under the patch: one copy per task, map's items
+        included."""
         with als.ContextThreadPoolExecutor(max_workers=1) as own, ThreadPoolExecutor(max_workers=1) as plain:
             wrapped = als.wrap_executor(plain)
             hops: dict[str, Callable[[], list[object]]] = {
@@ -396,7 +411,7 @@ class TestThreadPools:
             "own submit": (["A"], 1),
             "wrapped submit": (["A"], 1),
             "own map": (["A", "A"], 2),
-            "wrapped map": (["A", "A"], 1),  # its items run in copies of that one (Context.copy)
+            "wrapped map": (["A", "A"], 2),
         }
 
     def test_one_copy_per_plain_submit(self, storage: AsyncLocalStorage[object], copies: list[None]) -> None:
@@ -510,9 +525,9 @@ class TestProcessPool:
 
 @needs_fork
 class TestForkedWorkers:
-    """Regression (#12): a process that serves a pool is forked with no request's store under the
-    patch, whichever thread forks it: a forked worker keeps its forking thread's context for life.
-    The pools run in a child process (tests/fork_peer.py), away from this suite's threads and sockets."""
+    """Under the patch, a process that serves a pool is forked with no request's store, whichever
+    thread forks it, since a forked worker keeps its forking thread's context for life. The pools run
+    in a child process (tests/fork_peer.py), away from this suite's threads and sockets."""
 
     def test_without_the_patch_a_pool_made_in_a_request_keeps_it(self) -> None:
         """The danger, shown: a Pool made lazily inside request A shows A to every later task."""
@@ -535,8 +550,8 @@ class TestForkedWorkers:
 
 
 class TestWorkersNeverPinned:
-    """Regression (#12): under thread_inherit_context (the free-threaded default) a plain pool's
-    workers inherit the first submitter's context; under the patch they never do, flag on or off."""
+    """Under thread_inherit_context (the free-threaded default) a plain pool's workers inherit the
+    first submitter's context; under the patch they never do, flag on or off."""
 
     @threads_inherit_only
     def test_without_the_patch_a_plain_pool_shows_request_0_to_all(
@@ -576,7 +591,8 @@ class TestWorkersNeverPinned:
 
 
 class TestServiceThreads:
-    """Regression (review of #4): threads that serve a stdlib pool or queue are never pinned to a request."""
+    """Under the patch, threads that serve a stdlib pool or queue (multiprocessing's ThreadPool,
+    logging's QueueListener) are never pinned to the request that started them: later work sees no store."""
 
     @pytest.mark.usefixtures("patched_process")
     def test_multiprocessing_thread_pool_created_in_a_request(
@@ -619,7 +635,8 @@ class TestServiceThreads:
 
 
 class TestPeers:
-    """Regression (review of #4): other instrumentation of the same objects, applied before or after."""
+    """als.patch() alongside other instrumentation of the same objects (Sentry, OpenTelemetry, gevent),
+    applied before or after it."""
 
     @pytest.mark.parametrize("order", ["peer first", "als first"])
     def test_sentry_style_run_wrapper(
@@ -698,12 +715,12 @@ class TestPeers:
 
     @pytest.mark.parametrize("order", ["sentry-first", "als-first", "own-wrappers"])
     def test_sentry_threading_integration(self, order: str) -> None:
-        """Regression (#12): Sentry's ThreadingIntegration (its defaults) and als.patch(), set up in either
-        order, or als's own executor, thread and timer with no patch; three on/off cycles. Every hop
-        sees its request's store; a tag a task sets reaches only the task's own event, never the
-        request's; a task's event carries the request's user, as with Sentry alone; als's objects are
-        back by identity after each cycle and Sentry's wrappers do not pile up. In a child process
-        (tests/sentry_peer.py): Sentry patches for the process's life."""
+        """Sentry's ThreadingIntegration (its defaults) and als.patch(), set up in either order, or als's
+        own executor, thread and timer with no patch; three on/off cycles. Every hop sees its request's
+        store; a tag a task sets reaches only the task's own event, never the request's; a task's event
+        carries the request's user, as with Sentry alone; als's objects are back by identity after each
+        cycle and Sentry's wrappers do not pile up. In a child process (tests/sentry_peer.py): Sentry
+        patches for the process's life."""
         report = run_child("sentry_peer", order)
         hops = ["submit", "map", "thread", "timer"]
         requests = [f"cycle {cycle} request {n}" for cycle in range(3) for n in range(2)]
@@ -728,10 +745,10 @@ class TestPeers:
 
     @pytest.mark.parametrize("order", ["gevent-first", "als-first"])
     def test_gevent_monkey_patch_all_in_either_order(self, order: str) -> None:
-        """Regression (#12): als.patch() before gevent.monkey.patch_all() no longer stops Thread propagation
-        in silence: gevent calls als's plugins around its patching of threading, and als patches gevent's
-        functions. Threads (greenlets), timers and pools see the store; is_patched() is true; unpatch()
-        leaves gevent's functions. In a child process (tests/gevent_peer.py): gevent patches for life."""
+        """als.patch() before or after gevent.monkey.patch_all(): Thread propagation keeps working, since
+        gevent calls als's plugins around its patching of threading, and als patches gevent's functions.
+        Threads (greenlets), timers and pools see the store; is_patched() is true; unpatch() leaves
+        gevent's functions. In a child process (tests/gevent_peer.py): gevent patches for life."""
         assert run_child("gevent_peer", order) == {
             "thread": "A",
             "timer": "A",
@@ -757,9 +774,9 @@ class TestPeers:
     def test_opentelemetry_cycles_leave_nothing_behind(
         self, storage: AsyncLocalStorage[object], first: str, undo: str
     ) -> None:
-        """Regression (#12): OpenTelemetry's instrument() and als.patch() in either order, undone in the
-        order done or in reverse, three times: every hop propagates each time and afterwards every
-        original is back by identity, with no OpenTelemetry wrapper left on ThreadPoolExecutor.submit."""
+        """OpenTelemetry's instrument() and als.patch() in either order, undone in the order done or in
+        reverse, three times: every hop propagates each time and afterwards every original is back by
+        identity, with no OpenTelemetry wrapper left on ThreadPoolExecutor.submit."""
         from opentelemetry.instrumentation.threading import ThreadingInstrumentor
 
         instrumentor = ThreadingInstrumentor()
@@ -848,6 +865,19 @@ class TestPatchState:
         assert ThreadPoolExecutor.map is Executor.map
         assert ThreadPoolExecutor.submit is ThreadPoolExecutor.__dict__["submit"]  # never replaced
 
+    def test_a_python_whose_internals_moved_is_refused_and_nothing_is_replaced(
+        self, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """patch() on an interpreter that lacks a hook point raises RuntimeError naming it, and replaces
+        nothing: a patch that copies nothing would lose ids in silence."""
+        owner, name = PATCH_TARGETS["thread start hook"]
+        monkeypatch.delattr(owner, name)  # this test starts no thread while it is gone
+        with pytest.raises(RuntimeError, match=rf"has no threading\.{name}; nothing was patched"):
+            als.patch()
+        assert not als.is_patched()
+        monkeypatch.undo()
+        assert_originals()
+
     def test_wrappers_keep_names_and_signatures(self) -> None:
         """The replacements carry the originals' names, docstrings and signatures."""
         before = {label: getattr(owner, name) for label, (owner, name) in PATCH_TARGETS.items()}
@@ -882,23 +912,25 @@ class TestPatchState:
         assert_originals()
 
     def test_patched_blocks_overlapping_across_threads(self) -> None:
-        """Regression (review of #4): X enters, Y enters, X leaves: still patched until Y leaves."""
-        x_entered, y_entered, x_left = threading.Event(), threading.Event(), threading.Event()
+        """X enters patched(), Y enters, X leaves: the process stays patched until Y leaves too."""
+        seq = Sequencer()
         recorder = Recorder()
 
         def x() -> None:
-            with als.patched():
-                x_entered.set()
-                wait(y_entered)
-            x_left.set()
+            with contextlib.ExitStack() as block:
+                with seq(0):
+                    block.enter_context(als.patched())  # X enters
+                with seq(2):
+                    block.close()  # X leaves
 
         def y() -> None:
-            wait(x_entered)
-            with als.patched():
-                y_entered.set()
-                wait(x_left)
-                recorder("y after x left", als.is_patched())
-            recorder("after both", als.is_patched())
+            with contextlib.ExitStack() as block:
+                with seq(1):
+                    block.enter_context(als.patched())  # Y enters
+                with seq(3):
+                    recorder("y after x left", als.is_patched())
+                    block.close()  # Y leaves
+                    recorder("after both", als.is_patched())
 
         workers = [Worker(x), Worker(y)]
         for w in workers:

@@ -4,13 +4,14 @@ A tree is a nest of nodes. Each node is reached from its parent through one
 hop (an ``await``, a task, a thread pool, a thread, a timer, ...), may apply
 one effect (``run``, ``scope``, ``enter_with`` or ``exit`` on one of two
 storages), and then runs its children one after the other. A model says what
-every node must see, following SEMANTICS.md: a hop copies the context at its
-hand-off (an awaited coroutine shares its caller's context instead), ``run``,
-``scope`` and ``exit`` end with their block, ``enter_with`` lasts for the rest
-of the context, and the standard library's thread hops lose everything unless
-``als.patch()`` is on. Each node checks what it sees on entry, after its
-effect, and after each child returns, so a store that leaks to a parent or a
-sibling is caught where it happens.
+every node must see, by these rules: a hop copies the context at its hand-off
+(an awaited coroutine shares its caller's context instead); ``run``, ``scope``
+and ``exit`` end with their block; ``enter_with`` lasts for the rest of the
+context; and the standard library's hops (its pools, threads and timers, and
+``loop.run_in_executor``) start from an empty context unless ``als.patch()``
+is on. Each node checks what it sees on entry, after its effect, and after
+each child returns, so a store that leaks to a parent or a sibling is caught
+where it happens.
 
 Trees run one node at a time (each hop is waited for), so a failure replays
 exactly and shrinks to a readable tree. Concurrency is the stress test's job.

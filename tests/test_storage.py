@@ -7,13 +7,14 @@ import gc
 import threading
 import traceback
 import weakref
+from collections.abc import Callable
 
 import pytest
 
 import als
 from als import AsyncLocalStorage
 
-from .helpers import TIMEOUT, Recorder, Worker, join_all, wait
+from .helpers import TIMEOUT, Recorder, Sequencer, Worker, join_all
 
 other_var: contextvars.ContextVar[str] = contextvars.ContextVar("other_var", default="unset")
 
@@ -73,7 +74,14 @@ class TestConstruction:
         a = AsyncLocalStorage(name="same")
         b = AsyncLocalStorage(name="same")
         assert a.run(1, lambda: (a.get_store(), b.get_store())) == (1, None)
-        assert b.run(2, lambda: a.run(3, lambda: (a.get_store(), b.get_store()))) == (3, 2)
+
+        def in_b() -> tuple[object, object]:
+            def in_a() -> tuple[object, object]:
+                return a.get_store(), b.get_store()
+
+            return a.run(3, in_a)
+
+        assert b.run(2, in_b) == (3, 2)
 
 
 class TestRun:
@@ -174,8 +182,18 @@ class TestRun:
         """Runs of one storage leave another storage's store alone."""
         a = AsyncLocalStorage[object](name="a")
         b = AsyncLocalStorage[object](name="b")
-        assert a.run("A", b.run, "B", lambda: (a.get_store(), b.get_store())) == ("A", "B")
-        assert a.run("A", b.exit, lambda: (a.get_store(), b.get_store())) == ("A", None)
+
+        def both() -> tuple[object, object]:
+            return a.get_store(), b.get_store()
+
+        def run_b() -> tuple[object, object]:
+            return b.run("B", both)
+
+        def exit_b() -> tuple[object, object]:
+            return b.exit(both)
+
+        assert a.run("A", run_b) == ("A", "B")
+        assert a.run("A", exit_b) == ("A", None)
 
     def test_falsy_stores_are_stores(self, storage: AsyncLocalStorage[object]) -> None:
         """0, '' and None are stores like any other."""
@@ -187,14 +205,31 @@ class TestExit:
     def test_default_inside_and_restored_after(self) -> None:
         """Inside exit(), get_store() is the default; the store is back afterwards."""
         s = AsyncLocalStorage(default="-")
-        assert s.run("A", lambda: (s.get_store(), s.exit(s.get_store), s.get_store())) == ("A", "-", "A")
+
+        def in_a() -> tuple[str, str, str]:
+            before = s.get_store()
+            inside_exit = s.exit(s.get_store)
+            after = s.get_store()
+            return before, inside_exit, after
+
+        assert s.run("A", in_a) == ("A", "-", "A")
         assert s.get_store() == "-"
 
     def test_other_storages_keep_their_stores(self) -> None:
         """exit() leaves every other storage's store as it is."""
         a = AsyncLocalStorage[object]()
         b = AsyncLocalStorage[object]()
-        seen = a.run(1, b.run, 2, a.exit, lambda: (a.get_store(), b.get_store()))
+
+        def in_a() -> tuple[object, object]:
+            def in_b() -> tuple[object, object]:
+                def outside_a() -> tuple[object, object]:
+                    return a.get_store(), b.get_store()
+
+                return a.exit(outside_a)
+
+            return b.run(2, in_b)
+
+        seen = a.run(1, in_a)
         assert seen == (None, 2)
 
     def test_nothing_leaks_back(self, storage: AsyncLocalStorage[object]) -> None:
@@ -230,20 +265,18 @@ class TestEnterWith:
     def test_thread_context(self, storage: AsyncLocalStorage[object]) -> None:
         """enter_with in a thread's own context lasts for that thread only."""
         recorder = Recorder()
-        entered = threading.Event()
-        checked = threading.Event()
+        seq = Sequencer()
 
         def thread() -> None:
-            storage.enter_with("T")
-            entered.set()
-            wait(checked)
-            recorder("thread", storage.get_store())
+            with seq(0):
+                storage.enter_with("T")
+            with seq(2):
+                recorder("thread", storage.get_store())
 
         worker = Worker(thread)
         worker.start()
-        wait(entered)
-        recorder("main", storage.get_store())
-        checked.set()
+        with seq(1):
+            recorder("main", storage.get_store())
         join_all([worker])
         assert recorder.as_dict() == {"main": None, "thread": "T"}
 
@@ -315,20 +348,18 @@ class TestDisable:
     def test_every_thread_sees_the_default(self, storage: AsyncLocalStorage[object]) -> None:
         """A thread inside run() sees the default once disable() is called elsewhere."""
         recorder = Recorder()
-        inside = threading.Event()
-        disabled = threading.Event()
+        seq = Sequencer()
 
         def body() -> None:
-            recorder("before", storage.get_store())
-            inside.set()
-            wait(disabled)
-            recorder("after", storage.get_store())
+            with seq(0):
+                recorder("before", storage.get_store())
+            with seq(2):
+                recorder("after", storage.get_store())
 
         worker = Worker(storage.run, "A", body)
         worker.start()
-        wait(inside)
-        storage.disable()
-        disabled.set()
+        with seq(1):
+            storage.disable()
         join_all([worker])
         assert recorder.as_dict() == {"before": "A", "after": None}
 
@@ -357,25 +388,24 @@ class TestDisable:
     def test_a_run_elsewhere_brings_no_old_binding_back(self, storage: AsyncLocalStorage[object]) -> None:
         """A context that held A before disable() sees the default, even while another thread runs B."""
         recorder = Recorder()
-        inside = threading.Event()
-        b_running = threading.Event()
-        checked = threading.Event()
+        seq = Sequencer()
 
         def holder() -> None:
-            inside.set()
-            wait(b_running)
-            recorder("holder", storage.get_store())
-            checked.set()
+            with seq(0):
+                pass  # the holder is inside run("A")
+            with seq(3):
+                recorder("holder", storage.get_store())
 
         def runner() -> None:
-            b_running.set()
-            wait(checked)
-            recorder("runner", storage.get_store())
+            with seq(2):
+                pass  # the runner is inside run("B"), and stays there while the holder looks
+            with seq(4):
+                recorder("runner", storage.get_store())
 
         first = Worker(storage.run, "A", holder)
         first.start()
-        wait(inside)
-        storage.disable()
+        with seq(1):
+            storage.disable()
         second = Worker(storage.run, "B", runner)
         second.start()
         join_all([first, second])
@@ -386,7 +416,17 @@ class TestBindAndSnapshot:
     def test_bind_captures_at_bind_time(self, storage: AsyncLocalStorage[object]) -> None:
         """A bound function sees the stores of every storage as they were when bind() ran."""
         second = AsyncLocalStorage[object]()
-        bound = storage.run("A", second.run, "B", als.bind, lambda: (storage.get_store(), second.get_store()))
+
+        def both() -> tuple[object, object]:
+            return storage.get_store(), second.get_store()
+
+        def in_a() -> Callable[[], tuple[object, object]]:
+            def in_b() -> Callable[[], tuple[object, object]]:
+                return als.bind(both)
+
+            return second.run("B", in_b)
+
+        bound = storage.run("A", in_a)
         assert bound() == ("A", "B")
         assert storage.run("C", bound) == ("A", "B")
 
@@ -429,7 +469,8 @@ class TestBindAndSnapshot:
         assert recorder.as_dict() == {f"call {n}": f"call {n}" for n in range(8)}
 
     def test_bound_async_function_is_still_async(self, storage: AsyncLocalStorage[object]) -> None:
-        """Regression (review #4): bind(async_fn) passes inspect.iscoroutinefunction, as frameworks check."""
+        """bind(async_fn) passes inspect.iscoroutinefunction, as frameworks check, and its coroutine runs
+        with the bind-time store."""
         import asyncio
         import inspect
 

@@ -1025,9 +1025,9 @@ class TestASGIErrors:
         assert storage.get_store() is None
 
     async def test_inside_a_framework_leaves_the_500_to_it(self, storage: AsyncLocalStorage[object]) -> None:
-        """Regression (#12): where the scope names an app (Starlette's add_middleware puts the middleware
-        inside its error handling), a raise before the start sends nothing: the framework's own handler
-        answers. The same exception comes out, with the id current in the calling task for that handler."""
+        """Where the scope names an app (Starlette's add_middleware puts the middleware inside its error
+        handling), a raise before the start sends nothing: the framework's own handler answers. The same
+        exception comes out, with the id current in the calling task for that handler."""
         error = RuntimeError("app failed")
 
         async def app(scope: Any, receive: Any, send: Any) -> None:

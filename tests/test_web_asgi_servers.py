@@ -385,9 +385,9 @@ class TestRaising:
 
 
 class TestFrameworkErrorHandlers:
-    """Regression (#12): an app's own exception handler keeps its response, and its log lines the id,
-    whichever way the middleware is added: FastAPI's usual ``app.add_middleware`` (inside Starlette's
-    error middleware), Starlette's ``middleware=[...]`` (the same place), or wrapped around the app."""
+    """An app's own exception handler keeps its response, and its log lines the id, whichever way the
+    middleware is added: FastAPI's usual ``app.add_middleware`` (inside Starlette's error middleware),
+    Starlette's ``middleware=[...]`` (the same place), or wrapped around the app."""
 
     @staticmethod
     def fastapi_app(wiring: str) -> Any:
