@@ -131,14 +131,22 @@ class ContextCoroutine(collections.abc.Coroutine[Any, Any, R]):
         return f"<{type(self).__name__} driving {self._coro!r}>"
 
 
-@functools.lru_cache(maxsize=512)  # bounded: sync calls return a handful of types
-def _is_coroutine_type(kind: type) -> bool:
-    return issubclass(kind, collections.abc.Coroutine)
+# type -> whether it is a Coroutine, for the types calls return (a handful, in
+# practice; bounded all the same). A dict lookup rather than an ABC isinstance
+# check or an lru_cache on every run() and bind() call: measured, both cost
+# the call more.
+_IS_COROUTINE: dict[type, bool] = {types.CoroutineType: True, type(None): False}
 
 
 def in_context(context: Context, result: R) -> R:
     """Return ``result``, wrapped to keep running in ``context`` if it is a coroutine."""
-    if _is_coroutine_type(type(result)):  # type: ignore[arg-type]  # a type is hashable
+    kind = type(result)
+    is_coroutine = _IS_COROUTINE.get(kind)
+    if is_coroutine is None:
+        is_coroutine = issubclass(kind, collections.abc.Coroutine)
+        if len(_IS_COROUTINE) < 512:
+            _IS_COROUTINE[kind] = is_coroutine
+    if is_coroutine:
         return ContextCoroutine(context, result)  # type: ignore[return-value, arg-type]
     return result
 
@@ -257,8 +265,11 @@ def runs_in_a_context(fn: object) -> bool:
     ``Context.run`` (als's executors pass ``copy.run``) or a
     ``functools.partial`` over one (``asyncio.to_thread``).
     """
+    kind = type(fn)
+    if kind is types.FunctionType:  # the usual task: a plain function, which enters no context
+        return False
     if isinstance(fn, InCopy):
         return True
-    if type(fn) is functools.partial:
-        fn = fn.func
+    if kind is functools.partial:
+        fn = fn.func  # type: ignore[attr-defined]
     return type(fn) is types.BuiltinMethodType and type(getattr(fn, "__self__", None)) is Context

@@ -71,12 +71,11 @@ class ContextFuture(Future[R]):
     ``add_done_callback(fn)`` captures the caller's context; ``fn(future)``
     runs in that copy whichever thread completes the future (or at once, in
     the caller's thread, if the future is already done). What ``fn`` sets
-    leaks nowhere, and the copy is dropped once ``fn`` has run. For executors
-    of your own; als's executors give their plain futures the same callbacks
-    without changing their class.
+    leaks nowhere, and the copy is dropped once ``fn`` has run.
 
     als's executors hand back their executor's own futures re-classed as this
-    class (or as its counterpart for a ``Future`` subclass).
+    class (or as its counterpart for a ``Future`` subclass); use it directly
+    in executors of your own.
     """
 
     __slots__ = ()
@@ -137,32 +136,32 @@ def adopt(future: Future[R]) -> Future[R]:
     return future
 
 
-def bind_work_item(item: Any, context: Context | None = None) -> None:
-    """Make a thread pool's work item run its task, and only its task, in a copy of a context.
+def _resolve_in_copy(fn: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Any, ...]:
+    """A task as (fn, args, kwargs), with ``fn`` to run in a copy of the context current here.
 
-    ``context`` is that copy, taken earlier; by default a copy of the current
-    context is taken here. The future's ``set_result``/``set_exception``, and
-    so the standard library's done callbacks, stay outside it. An item whose
-    callable enters a context itself is left as it is, and no copy is made.
+    Also 3.14's ``ContextThreadPoolExecutor`` task resolver. A callable that
+    enters a context itself is left as it is, and no copy is made.
+    """
+    if not runs_in_a_context(fn):
+        return (copy_context().run, (fn, *args), kwargs)
+    return (fn, args, kwargs)
+
+
+def bind_work_item(item: Any) -> None:
+    """Make a thread pool's work item run its task, and only its task, in a copy of the current context.
+
+    The future's ``set_result``/``set_exception``, and so the standard
+    library's done callbacks, stay outside it.
     """
     if TASK_TUPLE:  # the other branch goes once 3.14 is the minimum supported Python
-        fn, args, kwargs = item.task
-        if not runs_in_a_context(fn):
-            item.task = ((context or copy_context()).run, (fn, *args), kwargs)
+        item.task = _resolve_in_copy(*item.task)
     elif not runs_in_a_context(item.fn):
         item.args = (item.fn, *item.args)
-        item.fn = (context or copy_context()).run
+        item.fn = copy_context().run
 
 
 # 3.14+: what ThreadPoolExecutor's own WorkerContext.prepare() resolves tasks with.
 _PLAIN_RESOLVER = "WorkerContext.prepare.<locals>.resolve_task"
-
-
-def _resolve_in_copy(fn: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Any, ...]:
-    """3.14+: a ``ContextThreadPoolExecutor``'s task resolver: ``fn`` in a copy of the submitter's context."""
-    if not runs_in_a_context(fn):
-        return (copy_context().run, (fn, *args), kwargs)
-    return (fn, args, kwargs)
 
 
 class _ResolveInCopy:

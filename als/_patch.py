@@ -187,7 +187,7 @@ def _work_item(original: type, generation: _Generation) -> type:
                 self._als_unbound = None
                 if generation.active and type(task) is tuple:
                     bind_work_item(self)
-                    if self.task is not task:
+                    if self.task[0] is not task[0]:  # bound: keep the task as resolved, for run()
                         self._als_unbound = task
 
             def run(self, ctx: Any) -> None:
