@@ -6,10 +6,13 @@ returns anywhere below ``fn``: across ``await`` and asyncio/trio tasks (which
 made through the wrappers here (executors, threads, timers and
 ``run_in_executor``) or, after ``patch()``, through the standard library's
 own. Every hop runs in a fresh copy of the context current at the hand-off;
-nothing a hop sets leaks back or across pooled tasks.
+nothing a hop sets leaks back or across pooled tasks. Storages made with
+``carry=True`` also cross into other processes, by value (``capture``,
+``run_captured``, process pools, ``als.celery``).
 """
 
 from ._asyncio import install_default_executor, run_in_executor
+from ._carry import capture, run_captured
 from ._context import Snapshot, bind, snapshot
 from ._executors import ContextFuture, ContextThreadPoolExecutor, wrap_executor
 from ._patch import is_patched, patch, patched, unpatch
@@ -27,10 +30,12 @@ __all__ = [
     "Scope",
     "Snapshot",
     "bind",
+    "capture",
     "install_default_executor",
     "is_patched",
     "patch",
     "patched",
+    "run_captured",
     "run_in_executor",
     "snapshot",
     "unpatch",

@@ -7,9 +7,10 @@ Invariants:
   the callable runs in that copy, and what it sets never reaches the task.
 * An executor that already propagates (``ContextThreadPoolExecutor``, a
   ``wrap_executor`` wrapper) is not given a second copy.
-* A worker thread that the executor starts lazily is never pinned to the
-  caller's context: threads do not inherit contexts, or (where they do,
-  3.14's flag) submission runs in a new, empty ``Context``.
+* A worker that the executor starts lazily is never pinned to the caller's
+  context: threads do not inherit contexts, or (where they do, 3.14's flag,
+  and for forked worker processes) submission runs in a new, empty ``Context``.
+* A process pool gets the caller's carried stores, by value (``CarriedCall``).
 """
 
 from __future__ import annotations
@@ -20,8 +21,9 @@ from concurrent.futures import Executor
 from contextvars import copy_context
 from typing import TYPE_CHECKING, ParamSpec, TypeVar
 
-from ._executors import ContextThreadPoolExecutor, check_executor, propagates
-from ._util import not_callable, start_threads_empty, wrong_type
+from ._carry import carried
+from ._executors import ContextThreadPoolExecutor, check_executor, propagates, sends_work_elsewhere
+from ._util import INHERITS, not_callable, start_workers_empty, wrong_type
 
 if TYPE_CHECKING:
     import asyncio  # imported when called: `import als` stays light (and imports no ssl before gevent)
@@ -38,12 +40,13 @@ def run_in_executor(
     ``loop.run_in_executor`` with the context and with keyword arguments:
     submits at once and returns an ``asyncio.Future`` to await. Context: copied
     here, in the calling task; a fresh copy per call; what ``fn`` sets
-    reaches neither the task nor the worker's next job.
+    reaches neither the task nor the worker's next job. A process pool gets
+    the carried stores only, as ``wrap_executor`` gives it.
 
     Raises:
-        TypeError: ``fn`` is not callable (here, not in the worker), or
-            ``executor`` is neither None nor an ``Executor`` that runs work in
-            this process (a ``Context`` cannot cross into another process).
+        TypeError: ``fn`` is not callable (here, not in the worker),
+            ``executor`` is neither None nor an ``Executor``, or a carried
+            store cannot be pickled for a process pool.
         RuntimeError: no event loop is running in this thread.
     """
     if not callable(fn):
@@ -57,9 +60,13 @@ def run_in_executor(
         # It copies the context itself at submit(), which happens right here.
         call: Callable[[], R] = functools.partial(fn, *args, **kwargs)
         return loop.run_in_executor(executor, call)
+    if sends_work_elsewhere(executor):  # a process pool: the carried stores, by value
+        call = functools.partial(carried(fn), *args, **kwargs)
+        return start_workers_empty(loop.run_in_executor, executor, call)
     call = functools.partial(copy_context().run, fn, *args, **kwargs)
-    # The executor may start a worker inside submit().
-    return start_threads_empty(loop.run_in_executor, executor, call)
+    if INHERITS:  # the executor may start a worker inside submit()
+        return start_workers_empty(loop.run_in_executor, executor, call)
+    return loop.run_in_executor(executor, call)
 
 
 def install_default_executor(

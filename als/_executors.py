@@ -42,8 +42,9 @@ from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from contextvars import Context, copy_context
 from typing import Any, ParamSpec, TypeVar
 
+from ._carry import carried
 from ._context import InCopy, runs_in_a_context
-from ._util import INHERITS, TASK_TUPLE, ForkSafeLock, not_callable, start_threads_empty, wrong_type
+from ._util import INHERITS, TASK_TUPLE, ForkSafeLock, not_callable, start_workers_empty, wrong_type
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -251,14 +252,9 @@ def sends_work_elsewhere(executor: object) -> bool:
 
 
 def check_executor(function: str, executor: object, expected: str = "a concurrent.futures.Executor") -> None:
-    """Refuse what is not an ``Executor``, and executors that send work to another process or interpreter."""
+    """Refuse what is not an ``Executor``."""
     if not isinstance(executor, Executor):
         raise wrong_type(function, "executor", expected, executor)
-    if sends_work_elsewhere(executor):
-        raise TypeError(
-            f"{function}() cannot propagate the context into a {type(executor).__name__}:"
-            " a contextvars.Context cannot cross a process or interpreter boundary"
-        )
 
 
 def propagates(executor: object) -> bool:
@@ -319,7 +315,7 @@ class ContextThreadPoolExecutor(ThreadPoolExecutor):
 
         def _adjust_thread_count(self) -> None:
             # Workers start lazily in submit(), under the caller's request.
-            start_threads_empty(super()._adjust_thread_count)
+            start_workers_empty(super()._adjust_thread_count)
 
     def submit(self, fn: Callable[P, R], /, *args: P.args, **kwargs: P.kwargs) -> Future[R]:
         """Run ``fn(*args, **kwargs)`` on a worker, in a copy of the caller's context.
@@ -369,8 +365,10 @@ class ContextExecutor(Executor):
 
     def __init__(self, executor: Executor) -> None:
         self._executor = executor
-        # A ThreadPoolExecutor starts workers lazily in submit().
-        self._starts_threads = INHERITS and isinstance(executor, ThreadPoolExecutor)
+        # Another process or interpreter: only carried storages can follow, by value.
+        self._elsewhere = sends_work_elsewhere(executor)
+        # A ThreadPoolExecutor starts workers lazily in submit(), and a process pool forks them there.
+        self._starts_workers = self._elsewhere or (INHERITS and isinstance(executor, ThreadPoolExecutor))
 
     @property
     def executor(self) -> Executor:
@@ -380,14 +378,18 @@ class ContextExecutor(Executor):
     def submit(self, fn: Callable[P, R], /, *args: P.args, **kwargs: P.kwargs) -> Future[R]:
         """Run ``fn(*args, **kwargs)`` on the wrapped executor, in a copy of the caller's context.
 
+        For a process or interpreter pool: under the caller's carried stores.
+
         Raises:
             TypeError: ``fn`` is not callable (here, not in the worker).
         """
         if not callable(fn):
             not_callable("submit", "fn", fn)
         submit: Callable[..., Future[R]] = self._executor.submit  # read per call, as wrapped by then
-        if self._starts_threads:
-            submit = functools.partial(start_threads_empty, submit)
+        if self._starts_workers:
+            submit = functools.partial(start_workers_empty, submit)
+        if self._elsewhere:
+            return adopt(submit(carried(fn), *args, **kwargs))
         if runs_in_a_context(fn):  # a bind() or snapshot() result: it copies for itself
             return adopt(submit(fn, *args, **kwargs))
         return adopt(submit(copy_context().run, fn, *args, **kwargs))
@@ -402,11 +404,19 @@ class ContextExecutor(Executor):
     ) -> Iterator[R]:
         """``Executor.map`` through ``submit``: each call in a copy of the context current here.
 
+        For a process or interpreter pool: the wrapped executor's own ``map``
+        (``chunksize`` counts), each call under the carried stores current here.
+
         Raises:
             TypeError: ``fn`` is not callable (here, before anything is submitted).
         """
         if not callable(fn):
             not_callable("map", "fn", fn)
+        if self._elsewhere:
+            own_map: Callable[..., Iterator[R]] = self._executor.map
+            return start_workers_empty(
+                own_map, carried(fn), *iterables, timeout=timeout, chunksize=chunksize, **kwargs
+            )
         return map_from_here(super().map, fn, *iterables, timeout=timeout, chunksize=chunksize, **kwargs)
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
@@ -423,16 +433,22 @@ class ContextExecutor(Executor):
 def wrap_executor(executor: Executor) -> Executor:
     """Return an executor whose tasks run in a copy of their submitter's context.
 
-    ``executor`` is any ``concurrent.futures.Executor`` that runs work in this
-    process (legacy code is often handed one). The wrapper's ``submit`` and
-    ``map`` propagate the context as ``ContextThreadPoolExecutor`` does;
-    ``shutdown`` and ``with`` act on ``executor``. An executor that already
-    propagates (a ``ContextThreadPoolExecutor`` or a wrapper) is returned as is.
+    ``executor`` is any ``concurrent.futures.Executor`` (legacy code is
+    often handed one). The wrapper's ``submit`` and ``map`` propagate the
+    context as ``ContextThreadPoolExecutor`` does; ``shutdown`` and ``with``
+    act on ``executor``. An executor that already propagates (a
+    ``ContextThreadPoolExecutor`` or a wrapper) is returned as is.
+
+    A ``ProcessPoolExecutor`` (or 3.14's ``InterpreterPoolExecutor``) gets
+    only what can cross by value: each task runs in the worker under the
+    submitter's carried stores (storages made with ``carry=True``), in a new
+    context, with every other storage at its default and nothing the worker
+    inherited at fork; the pool's workers start from an empty context.
+    ``fn`` and its arguments must be picklable, as always there.
 
     Raises:
-        TypeError: ``executor`` is not an ``Executor``, or sends work to
-            another process or interpreter (a ``Context`` cannot cross that
-            boundary).
+        TypeError: ``executor`` is not an ``Executor``; for a process pool,
+            a carried store cannot be pickled (at ``submit``/``map``).
     """
     if propagates(executor):
         return executor

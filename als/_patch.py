@@ -33,24 +33,24 @@ Invariants:
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextvars
 import functools
 import sys
 import threading
 import types
 from collections.abc import Callable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from concurrent.futures import thread as _futures_thread
 from contextlib import contextmanager
 from contextvars import Context, copy_context
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from ._executors import ContextThreadPoolExecutor, bind_work_item, map_from_here, sends_work_elsewhere
+from ._carry import carried
+from ._context import InCopy
+from ._executors import ContextThreadPoolExecutor, bind_work_item, map_from_here
 from ._threads import bootstrap_in
-from ._util import INHERITS, LOW_LEVEL_START, NATIVE_CONTEXT, ForkSafeLock
-
-if TYPE_CHECKING:
-    from concurrent.futures import ProcessPoolExecutor
+from ._util import INHERITS, LOW_LEVEL_START, NATIVE_CONTEXT, ForkSafeLock, start_workers_empty
 
 # Standard-library modules whose threads serve a pool or a queue for their
 # whole life: they start with an empty context, never the request's.
@@ -229,9 +229,7 @@ def _thread_pool_map(original: Callable[..., Iterator[Any]], generation: _Genera
         self: ThreadPoolExecutor, fn: Callable[..., Any], *iterables: Any, **kwargs: Any
     ) -> Iterator[Any]:
         if (
-            not generation.active
-            or isinstance(self, ContextThreadPoolExecutor)  # does it itself
-            or sends_work_elsewhere(self)  # no context can follow
+            not generation.active or isinstance(self, ContextThreadPoolExecutor)  # does it itself
         ):
             return original(self, fn, *iterables, **kwargs)
         return map_from_here(types.MethodType(original, self), fn, *iterables, **kwargs)
@@ -239,18 +237,50 @@ def _thread_pool_map(original: Callable[..., Iterator[Any]], generation: _Genera
     return map
 
 
-def _process_pool_submit(original: Callable[..., Future[Any]], generation: _Generation) -> Any:
+def _elsewhere_submit(original: Callable[..., Future[Any]], generation: _Generation) -> Any:
+    """A process (or interpreter) pool's ``submit``: the task carries the submitter's carried stores.
+
+    In the worker it runs under them alone, in a new context
+    (``CarriedCall``). What ``submit()`` starts (the manager thread, forked
+    workers) starts in an empty context.
+    """
+
     @functools.wraps(original)
-    def submit(
-        self: ProcessPoolExecutor, fn: Callable[..., Any], /, *args: Any, **kwargs: Any
-    ) -> Future[Any]:
+    def submit(self: Executor, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future[Any]:
         if not generation.active:
             return original(self, fn, *args, **kwargs)
-        # The work itself goes to another process unchanged; only what
-        # submit() starts (manager thread, forked workers) is kept empty.
-        return Context().run(original, self, fn, *args, **kwargs)
+        return start_workers_empty(original, self, carried(fn), *args, **kwargs)
 
     return submit
+
+
+def _submits_from_here(original: Callable[..., Iterator[Any]], generation: _Generation) -> Any:
+    """A process pool's ``map``: every item submitted from the context of ``map()``'s caller."""
+
+    @functools.wraps(original)
+    def map(self: Executor, fn: Callable[..., Any], *iterables: Any, **kwargs: Any) -> Iterator[Any]:  # noqa: A001
+        if not generation.active:
+            return original(self, fn, *iterables, **kwargs)
+        return map_from_here(types.MethodType(original, self), fn, *iterables, **kwargs)
+
+    return map
+
+
+def _pool_task(original: Callable[..., Any], generation: _Generation) -> Any:
+    """A way into ``multiprocessing.Pool`` (``apply_async``, ``_map_async``, ``imap``, ``imap_unordered``).
+
+    A process pool's task carries the caller's carried stores; a
+    ``ThreadPool``'s runs in a copy of the caller's context, as any thread hop.
+    """
+    from multiprocessing.pool import ThreadPool  # noqa: PLC0415 - loaded by _targets() already
+
+    @functools.wraps(original)
+    def hand_in(self: Any, func: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        if generation.active:
+            func = InCopy(copy_context(), func) if isinstance(self, ThreadPool) else carried(func)
+        return original(self, func, *args, **kwargs)
+
+    return hand_in
 
 
 def _pool_workers(original: Any, generation: _Generation) -> Any:
@@ -276,15 +306,27 @@ def _targets() -> list[tuple[object, str, Callable[[Any, _Generation], Any]]]:
     import multiprocessing.pool  # noqa: PLC0415
     from concurrent.futures import ProcessPoolExecutor  # noqa: PLC0415
 
+    Pool = multiprocessing.pool.Pool
     targets: list[tuple[object, str, Callable[[Any, _Generation], Any]]] = [
         (threading, LOW_LEVEL_START, _low_level_start),
         (_futures_thread, "_WorkItem", _work_item),
         (ThreadPoolExecutor, "map", _thread_pool_map),
-        (ProcessPoolExecutor, "submit", _process_pool_submit),
-        (multiprocessing.pool.Pool, "_repopulate_pool_static", _pool_workers),
+        (ProcessPoolExecutor, "submit", _elsewhere_submit),
+        (ProcessPoolExecutor, "map", _submits_from_here),
+        (Pool, "_repopulate_pool_static", _pool_workers),
+        (Pool, "apply_async", _pool_task),
+        (Pool, "_map_async", _pool_task),  # map, map_async, starmap, starmap_async
+        (Pool, "imap", _pool_task),
+        (Pool, "imap_unordered", _pool_task),
     ]
     if NATIVE_CONTEXT:
         targets.append((threading, "_contextvars", _StartDefaults))
+        try:  # absent from builds without subinterpreters
+            interpreter_pool = getattr(concurrent.futures, "InterpreterPoolExecutor", None)
+        except ImportError:  # pragma: no cover
+            interpreter_pool = None
+        if interpreter_pool is not None:
+            targets.append((interpreter_pool, "submit", _elsewhere_submit))
     return targets
 
 

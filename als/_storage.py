@@ -21,6 +21,7 @@ from contextvars import ContextVar, Token, copy_context
 from types import TracebackType
 from typing import Any, Generic, ParamSpec, TypeVar, overload
 
+from ._carry import register
 from ._context import bind, in_context, snapshot
 from ._util import ForkSafeLock, not_callable, wrong_type
 
@@ -48,27 +49,94 @@ class AsyncLocalStorage(Generic[T]):
     Each storage owns one ``ContextVar`` (named ``als:<name>``); stores are
     shared by reference, never copied. Storages never interfere with each
     other, even when they share a name.
+
+    ``carry=True`` (which needs a ``name``, unique among carried storages in
+    the process) makes the store cross process boundaries by value: into
+    process pools wrapped by ``wrap_executor`` or under ``als.patch()``,
+    Celery tasks (``als.celery``) and any transport through ``als.capture()``
+    and ``als.run_captured()``. It must then be picklable (and, for Celery's
+    default serializer, JSON-serialisable). ``validator`` (a callable taking
+    a store, returning a bool) checks stores that arrive from outside; give
+    one to a storage whose values can come from a broker.
+
+    Raises:
+        TypeError: an argument of the wrong type.
+        ValueError: ``carry=True`` without a name, or with the name of
+            another carried storage alive in this process.
     """
 
-    __slots__ = ("__weakref__", "_default", "_name", "_var")
+    __slots__ = ("__weakref__", "_carry", "_default", "_name", "_validator", "_var")
 
     @overload
-    def __init__(self: AsyncLocalStorage[T | None], name: str | None = None) -> None: ...
+    def __init__(
+        self: AsyncLocalStorage[T | None],
+        name: str | None = None,
+        *,
+        carry: bool = False,
+        validator: Callable[[Any], bool] | None = None,
+    ) -> None: ...
     @overload
-    def __init__(self, name: str | None = None, *, default: T) -> None: ...
-    def __init__(self, name: str | None = None, *, default: Any = None) -> None:
+    def __init__(
+        self,
+        name: str | None = None,
+        *,
+        default: T,
+        carry: bool = False,
+        validator: Callable[[Any], bool] | None = None,
+    ) -> None: ...
+    def __init__(
+        self,
+        name: str | None = None,
+        *,
+        default: Any = None,
+        carry: bool = False,
+        validator: Callable[[Any], bool] | None = None,
+    ) -> None:
+        if not isinstance(carry, bool):
+            raise wrong_type("AsyncLocalStorage", "carry", "bool", carry)
+        if validator is not None and not callable(validator):
+            raise wrong_type("AsyncLocalStorage", "validator", "callable or None", validator)
         if name is None:
+            if carry:
+                raise ValueError(
+                    "AsyncLocalStorage() with carry=True needs a name: the name is the key its store"
+                    " travels under, and must be the same in every process"
+                )
             name = _generated_name()
         elif not isinstance(name, str):
             raise wrong_type("AsyncLocalStorage", "name", "str or None", name)
         self._name = name
         self._default: T = default
+        self._carry = carry
+        self._validator = validator
         self._var: ContextVar[T] = ContextVar(f"als:{name}", default=default)
+        if carry:
+            register(self)
 
     @property
     def name(self) -> str:
         """The name given at construction, or a generated one unique in the process."""
         return self._name
+
+    @property
+    def carry(self) -> bool:
+        """Whether the store crosses process boundaries (``als.capture()``, process pools, Celery)."""
+        return self._carry
+
+    @property
+    def validator(self) -> Callable[[Any], bool] | None:
+        """What a store arriving from outside (``run_captured``) must pass, or None to take any."""
+        return self._validator
+
+    def accepts(self, store: object) -> bool:
+        """Whether a store arriving from outside passes ``validator`` (one that raises refuses it)."""
+        validator = self._validator
+        if validator is None:
+            return True
+        try:
+            return bool(validator(store))
+        except Exception:  # its message may quote the untrusted value: dropped, not raised
+            return False
 
     @property
     def default(self) -> T:

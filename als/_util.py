@@ -117,13 +117,13 @@ class ForkSafeLock:
         return self._lock.locked()
 
 
-def start_threads_empty(fn: Callable[P, R], /, *args: P.args, **kwargs: P.kwargs) -> R:
-    """Call ``fn``, which may start threads (a pool's lazy workers), so that none starts in this context.
+def start_workers_empty(fn: Callable[P, R], /, *args: P.args, **kwargs: P.kwargs) -> R:
+    """Call ``fn``, which may start a pool's workers, so that none starts in this context.
 
-    Where new threads inherit their starter's context (``INHERITS``), ``fn``
-    runs in a new, empty ``Context``: a worker started while request A
-    submits is never pinned to A. Elsewhere it is a plain call.
+    A process pool forks its workers lazily, and a forked worker keeps the
+    forking thread's context for its whole life; where new threads inherit
+    their starter's context (``INHERITS``), so does a thread pool's worker.
+    ``fn`` runs in a new, empty ``Context`` then: a worker started while
+    request A submits is never pinned to A.
     """
-    if INHERITS:
-        return Context().run(fn, *args, **kwargs)
-    return fn(*args, **kwargs)
+    return Context().run(fn, *args, **kwargs)

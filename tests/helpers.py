@@ -43,10 +43,19 @@ PATCH_TARGETS: dict[str, tuple[object, str]] = {
     "thread pool work item": (concurrent.futures.thread, "_WorkItem"),
     "ThreadPoolExecutor.map": (concurrent.futures.ThreadPoolExecutor, "map"),
     "ProcessPoolExecutor.submit": (concurrent.futures.ProcessPoolExecutor, "submit"),
+    "ProcessPoolExecutor.map": (concurrent.futures.ProcessPoolExecutor, "map"),
     "Pool worker (re)start": (multiprocessing.pool.Pool, "_repopulate_pool_static"),
+    "Pool.apply_async": (multiprocessing.pool.Pool, "apply_async"),
+    "Pool._map_async": (multiprocessing.pool.Pool, "_map_async"),
+    "Pool.imap": (multiprocessing.pool.Pool, "imap"),
+    "Pool.imap_unordered": (multiprocessing.pool.Pool, "imap_unordered"),
 }
 if sys.version_info >= (3, 14):
     PATCH_TARGETS["Thread.start's default contexts"] = (threading, "_contextvars")
+    PATCH_TARGETS["InterpreterPoolExecutor.submit"] = (
+        concurrent.futures.InterpreterPoolExecutor,  # type: ignore[attr-defined]
+        "submit",
+    )
 _ABSENT = object()
 ORIGINALS: dict[str, object] = {
     label: vars(owner).get(name, _ABSENT) for label, (owner, name) in PATCH_TARGETS.items()

@@ -11,7 +11,7 @@ import threading
 import traceback
 import weakref
 from collections.abc import Callable, Iterator
-from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from typing import Any, TypeVar
 
 import pytest
@@ -507,15 +507,6 @@ class TestWrapExecutor:
             match=r"^wrap_executor\(\) argument 'executor' must be a concurrent.futures.Executor, not list$",
         ):
             als.wrap_executor([])  # type: ignore[arg-type]
-
-    def test_process_pool_refused(self) -> None:
-        """A ProcessPoolExecutor is refused: a Context cannot cross a process boundary."""
-        pool = ProcessPoolExecutor(max_workers=1)
-        try:
-            with pytest.raises(TypeError, match="cannot cross a process or interpreter boundary"):
-                als.wrap_executor(pool)
-        finally:
-            pool.shutdown()
 
     def test_already_propagating_returned_as_is(self) -> None:
         """Wrapping a ContextThreadPoolExecutor or a wrapper gives it back: no second copy per task."""

@@ -457,9 +457,12 @@ class TestThreadPools:
         assert Counting.ran == 2
 
     @pytest.mark.skipif(sys.version_info < (3, 14), reason="InterpreterPoolExecutor is new in 3.14")
-    def test_work_sent_to_another_interpreter_is_left_alone(self, storage: AsyncLocalStorage[object]) -> None:
-        """An InterpreterPoolExecutor (a ThreadPoolExecutor subclass) gets its work as it is: a Context
-        cannot cross into another interpreter, and wrapping it would break the hand-over."""
+    def test_work_sent_to_another_interpreter_gets_no_context(
+        self, storage: AsyncLocalStorage[object]
+    ) -> None:
+        """An InterpreterPoolExecutor (a ThreadPoolExecutor subclass) gets no Context, which cannot cross
+        into another interpreter: its work runs as it would unpatched (carried stores do cross: see
+        test_carry.py)."""
         from concurrent.futures import InterpreterPoolExecutor  # type: ignore[attr-defined]
 
         with InterpreterPoolExecutor(max_workers=1) as executor:
