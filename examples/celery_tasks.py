@@ -71,7 +71,10 @@ ORDERS = {"order-1": "req-a1", "order-2": "req-b2", "order-3": "req-c3", "nightl
 def check(seen: dict[str, list[str]]) -> list[str]:
     """Every line of an order's tasks must start with the id of the request that published it."""
     return [
-        f"{order}: {line}" for order, lines in seen.items() for line in lines if not line.startswith(f"{ORDERS[order]} |")
+        f"{order}: {line}"
+        for order, lines in seen.items()
+        for line in lines
+        if not line.startswith(f"{ORDERS[order]} |")
     ]
 
 
@@ -96,8 +99,22 @@ def main() -> int:
         )
         env = {**os.environ, "CELERY_TASKS_BROKER": f"redis://127.0.0.1:{port}/0"}
         worker = subprocess.Popen(
-            [sys.executable, "-m", "celery", "-A", "celery_tasks", "worker", "-P", "threads", "-c", "4",
-             "--loglevel=WARNING", "--without-heartbeat", "--without-gossip", "--without-mingle"],
+            [
+                sys.executable,
+                "-m",
+                "celery",
+                "-A",
+                "celery_tasks",
+                "worker",
+                "-P",
+                "threads",
+                "-c",
+                "4",
+                "--loglevel=WARNING",
+                "--without-heartbeat",
+                "--without-gossip",
+                "--without-mingle",
+            ],
             cwd=here,
             env=env,
             stdout=subprocess.DEVNULL,
@@ -107,7 +124,11 @@ def main() -> int:
         try:
             publisher = subprocess.run(
                 [sys.executable, str(here / "celery_tasks.py"), "--publish"],
-                env=env, capture_output=True, text=True, timeout=120, check=False,
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=120,
+                check=False,
             )
         finally:
             for process in (worker, server):

@@ -17,6 +17,7 @@ import logging
 import multiprocessing
 import sys
 from concurrent.futures import Executor, ProcessPoolExecutor
+from typing import ClassVar
 
 import als
 from als.logging import install_record_factory
@@ -31,7 +32,7 @@ install_record_factory(request_id)  # in the parent and, on import, in every wor
 class Lines(logging.Handler):
     """Keeps the worker's formatted log lines, for the task to hand back."""
 
-    lines: list[str] = []
+    lines: ClassVar[list[str]] = []
 
     def emit(self, record: logging.LogRecord) -> None:
         self.lines.append(self.format(record))

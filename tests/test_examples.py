@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import subprocess
 import sys
 
@@ -111,3 +112,55 @@ def test_web_apps_check_catches_crossed_lost_and_kept_ids() -> None:
     ]
     shared = {**answers, "sync-c": (200, "id-a")}
     assert "sync-a and sync-c share id id-a" in web.check(lines({**good, "sync-c": "id-a"}), requests, shared)
+
+
+def test_process_pool_demo() -> None:
+    """A shared process pool: as is, no worker line carries an id; wrapped, every one carries its own."""
+    result = run_example("process_pool")
+    assert "as is:\n" in result.stdout
+    assert "  0 of 6 lines carry their request's id" in result.stdout
+    assert "  6 of 6 lines carry their request's id" in result.stdout
+    assert "  req-b2 sent -> req-b2 | resized c.png" in result.stdout
+    assert "OK: every line logged in a worker process carries its own request's id" in result.stdout
+
+
+def checked_in_a_child(name: str, argument: object) -> object:
+    """``examples/<name>.py``'s ``check(argument)``, run in a process of its own: an example that makes
+    a carried storage (or installs a record factory) on import stays out of this one."""
+    code = (
+        f"import sys; sys.path.insert(0, {str(EXAMPLES)!r}); import {name};"
+        f" print(repr({name}.check({argument!r})))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert result.returncode == 0, result.stderr
+    return ast.literal_eval(result.stdout)
+
+
+def test_process_pool_check_catches_crossed_and_lost_ids() -> None:
+    good = [("req-a1", "req-a1 | resized a.png"), ("req-b2", "req-b2 | resized c.png")]
+    assert checked_in_a_child("process_pool", good) == []
+    crossed = [("req-a1", "req-b2 | resized a.png"), ("req-b2", "- | resized c.png")]
+    assert checked_in_a_child("process_pool", crossed) == [
+        "expected req-a1: req-b2 | resized a.png",
+        "expected req-b2: - | resized c.png",
+    ]
+
+
+def test_celery_demo() -> None:
+    """Three requests and one nightly job publish to a real worker (and a real redis-server, started
+    by the example): each task's line, and its nested task's, carries its publisher's id, or none."""
+    result = run_example("celery_tasks")
+    assert "  req-b2 | order-2 charged\n  req-b2 | receipt for order-2 sent" in result.stdout
+    assert "  - | nightly charged\n  - | receipt for nightly sent" in result.stdout
+    assert "OK: every task's line carries the id of the request that published it" in result.stdout
+
+
+def test_celery_check_catches_crossed_ids() -> None:
+    assert checked_in_a_child("celery_tasks", {"order-1": ["req-a1 | order-1 charged"]}) == []
+    crossed = {"order-1": ["req-b2 | order-1 charged"], "nightly": ["req-a1 | nightly charged"]}
+    assert checked_in_a_child("celery_tasks", crossed) == [
+        "order-1: req-b2 | order-1 charged",
+        "nightly: req-a1 | nightly charged",
+    ]
