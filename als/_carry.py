@@ -37,8 +37,8 @@ if TYPE_CHECKING:
 P = ParamSpec("P")
 R = TypeVar("R")
 
-# name -> the carried storage of that name; weakly, so that a storage that is gone frees its name.
-_carried: weakref.WeakValueDictionary[str, AsyncLocalStorage[Any]] = weakref.WeakValueDictionary()
+# name -> the carried storage of that name, weakly: a storage that is gone frees its name.
+_carried: dict[str, weakref.ref[AsyncLocalStorage[Any]]] = {}
 _carried_lock = ForkSafeLock()
 # Stores of these types make any trip as they are: no check needed.
 _PLAIN = frozenset({str, int, float, bool, type(None)})
@@ -46,19 +46,33 @@ _PLAIN = frozenset({str, int, float, bool, type(None)})
 
 def register(storage: AsyncLocalStorage[Any]) -> None:
     """Enter a ``carry=True`` storage under its name, which must be free in this process."""
+    name = storage.name
+
+    def forget(ref: weakref.ref[AsyncLocalStorage[Any]]) -> None:
+        # Called by the garbage collector, in any thread, maybe one holding the lock: no lock here.
+        if _carried.get(name) is ref:
+            del _carried[name]
+
     with _carried_lock:
-        if storage.name in _carried:
+        held = _carried.get(name)
+        if held is not None and held() is not None:
             raise ValueError(
-                f"AsyncLocalStorage() argument 'name': a carried storage named {storage.name!r} exists"
+                f"AsyncLocalStorage() argument 'name': a carried storage named {name!r} exists"
                 " already in this process; carried storages need unique names (the name is the key"
                 " their store travels under)"
             )
-        _carried[storage.name] = storage
+        _carried[name] = weakref.ref(storage, forget)
+
+
+def lookup(name: object) -> AsyncLocalStorage[Any] | None:
+    """The carried storage named ``name`` in this process, if any."""
+    ref = _carried.get(name) if type(name) is str else None
+    return None if ref is None else ref()
 
 
 def carried_storages() -> list[AsyncLocalStorage[Any]]:
     """The carried storages alive in this process."""
-    return list(_carried.values())
+    return [storage for ref in tuple(_carried.values()) if (storage := ref()) is not None]
 
 
 def _check_portable(name: str, store: object, as_json: bool) -> None:
@@ -93,12 +107,12 @@ def capture(*, json: bool = False) -> dict[str, Any]:
             not JSON-serialisable. The message names the storage, never the value.
     """
     captured: dict[str, Any] = {}
-    for name, storage in list(_carried.items()):
+    for storage in carried_storages():
         store = storage.get_store()
         if store is not storage.default:
             if type(store) not in _PLAIN:
-                _check_portable(name, store, json)
-            captured[name] = store
+                _check_portable(storage.name, store, json)
+            captured[storage.name] = store
     return captured
 
 
@@ -108,7 +122,7 @@ def accepted(captured: object) -> list[tuple[AsyncLocalStorage[Any], Any]]:
         raise wrong_type("run_captured", "captured", "a dict made by als.capture()", captured)
     pairs = []
     for name, store in captured.items():
-        storage = _carried.get(name) if type(name) is str else None
+        storage = lookup(name)
         if storage is not None and storage.accepts(store):
             pairs.append((storage, store))
     return pairs

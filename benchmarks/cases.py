@@ -13,6 +13,7 @@ from typing import Any
 import als
 
 from ._harness import Group, Variant
+from .processes import process_groups
 from .web import web_groups
 
 storage: als.AsyncLocalStorage[str | None] = als.AsyncLocalStorage(name="request_id")
@@ -454,4 +455,5 @@ GROUPS: dict[str, Callable[[], list[Group]]] = {
     "core": lambda: operations() + als_hops(),
     "patch": patched_hops,
     "web": web_groups,
+    "processes": process_groups,
 }

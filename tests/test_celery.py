@@ -18,10 +18,12 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
 
+from .carry_tasks import in_request, request_id, tenant
 from .helpers import EXAMPLES
 
 ROOT = EXAMPLES.parent
@@ -153,3 +155,91 @@ def test_every_task_line_carries_its_publishers_id(
         [],
         [],
     )
+
+
+class TestInstall:
+    """The publishing side and eager tasks, in this process, on kombu's in-memory transport."""
+
+    @pytest.fixture
+    def app(self) -> Iterator[Any]:
+        from celery import Celery
+
+        app = Celery("als_install_test", broker="memory://")
+        app.conf.task_ignore_result = True
+        yield app
+        app.close()
+
+    def published_headers(self, app: Any, publish: Any) -> dict[str, Any]:
+        """The headers of the one message that ``publish()`` sends."""
+        with app.connection_for_write() as connection:
+            connection.default_channel.queue_purge("celery")
+            publish()
+            queue = connection.SimpleQueue("celery")
+            message = queue.get(timeout=5)
+            message.ack()
+            queue.close()
+            return dict(message.headers)
+
+    def test_publish_carries_the_stores_and_undo_stops_it(self, app: Any) -> None:
+        """Inside a request the message carries the carried stores (no local one); outside, no header;
+        after undo(), none either; a second undo() does nothing."""
+        import als.celery
+
+        @app.task
+        def task() -> None:  # pragma: no cover - never consumed
+            pass
+
+        undo = als.celery.install(app)
+        try:
+            inside = self.published_headers(app, lambda: in_request("A", task.delay))
+            outside = self.published_headers(app, task.delay)
+        finally:
+            undo()
+        after = self.published_headers(app, lambda: in_request("A", task.delay))
+        undo()
+        assert inside[als.celery.HEADER] == {"request_id": "A", "tenant": {"name": "t-A"}}
+        assert als.celery.HEADER not in outside
+        assert als.celery.HEADER not in after
+
+    def test_a_store_json_cannot_encode_fails_at_publish(self, app: Any) -> None:
+        import als.celery
+
+        @app.task
+        def task() -> None:  # pragma: no cover - never consumed
+            pass
+
+        undo = als.celery.install(app)
+        try:
+            with pytest.raises(TypeError, match=r"carried storage 'tenant' is not JSON-serialisable"):
+                tenant.run({"ids": {1, 2}}, task.delay)  # type: ignore[dict-item]
+        finally:
+            undo()
+
+    def test_an_eager_task_runs_in_its_callers_context(self, app: Any) -> None:
+        """apply() (and task_always_eager) runs the task here, as a call: the caller's stores stay."""
+        import als.celery
+
+        @app.task
+        def task() -> object:
+            return request_id.get_store()
+
+        undo = als.celery.install(app)
+        try:
+            assert in_request("A", lambda: task.apply().get()) == "A"
+        finally:
+            undo()
+
+    def test_install_needs_an_app(self) -> None:
+        import als.celery
+
+        with pytest.raises(TypeError, match=r"argument 'app' must be a celery.Celery application, not str$"):
+            als.celery.install("app")
+
+    def test_installing_twice_is_refused_until_undone(self, app: Any) -> None:
+        import als.celery
+
+        undo = als.celery.install(app)
+        with pytest.raises(TypeError, match=r"called for this app already"):
+            als.celery.install(app)
+        undo()
+        als.celery.install(app)()  # installed again, and undone

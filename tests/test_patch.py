@@ -595,7 +595,8 @@ class TestWorkersNeverPinned:
 
 class TestServiceThreads:
     """Under the patch, threads that serve a stdlib pool or queue (multiprocessing's ThreadPool,
-    logging's QueueListener) are never pinned to the request that started them: later work sees no store."""
+    logging's QueueListener) are never pinned to the request that started them: later work sees no
+    store of it (a ThreadPool's task sees its own caller's)."""
 
     @pytest.mark.usefixtures("patched_process")
     def test_multiprocessing_thread_pool_created_in_a_request(
@@ -607,7 +608,9 @@ class TestServiceThreads:
         ref = weakref.ref(store)
         pool = storage.run(store, ThreadPool, 2)
         try:
-            assert storage.run("B", pool.apply, storage.get_store) is None  # not A: never a wrong id
+            # Its threads keep nothing of A; a task runs in a copy of its caller's context.
+            assert storage.run("B", pool.apply, storage.get_store) == "B"
+            assert pool.apply(storage.get_store) is None
             del store
             gc.collect()
             assert ref() is None

@@ -53,3 +53,15 @@ def test_ci_runs_the_readme_test_command() -> None:
     demo, tests = commands
     assert "examples/seed_server.py --demo" in demo
     assert tests in (ROOT / ".ci" / "run").read_text(encoding="utf-8").splitlines()
+
+
+def test_example_runs_shown_in_the_readme_print_exactly_that() -> None:
+    """Each ``$ python examples/<name>.py`` block shows what that example prints, line for line."""
+    runs = re.findall(r"```text\n\$ python (examples/\w+\.py)\n(.*?)```", README, re.S)
+    assert [path for path, _ in runs] == ["examples/process_pool.py", "examples/celery_tasks.py"]
+    for path, shown in runs:
+        result = subprocess.run(
+            [sys.executable, str(ROOT / path)], capture_output=True, text=True, timeout=120, check=False
+        )
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert result.stdout == shown, path
