@@ -17,6 +17,9 @@ SCENARIO:
   import and one made lazily inside a request with ``maxtasksperchild=1``
   (re-created workers): apply, apply_async, map, map_async, starmap, imap,
   imap_unordered, from several requests and from outside.
+* ``concurrent``: 40 requests at once, from 8 threads, each sending two tasks
+  to one shared two-worker pool, wrapped and (under ``als.patch()``) plain;
+  the pool is warmed outside any request first, so no fork meets the threads.
 * ``unpatched``: a plain ``ProcessPoolExecutor`` without the patch or a
   wrapper: no carried store arrives (fork: the forking request's context
   leaks instead, the danger shown).
@@ -28,7 +31,7 @@ import asyncio
 import json
 import multiprocessing
 import sys
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from typing import Any
 
 import als
@@ -96,6 +99,25 @@ def patch_pool(method: str, made_at_import: Any) -> Observed:
     return out
 
 
+def concurrent(method: str) -> Observed:
+    context = multiprocessing.get_context(method)
+    with ProcessPoolExecutor(max_workers=2, mp_context=context) as pool, als.patched():
+        wrapped = als.wrap_executor(pool)
+        list(pool.map(seen, range(4)))  # every worker started, outside any request
+
+        def request(n: int) -> Observed:
+            rid = f"R{n}"
+            return [
+                (rid, s)
+                for s in in_request(
+                    rid, lambda: [wrapped.submit(seen).result(60), pool.submit(seen).result(60)]
+                )
+            ]
+
+        with ThreadPoolExecutor(max_workers=8) as requests:
+            return [item for items in requests.map(request, range(40)) for item in items]
+
+
 def unpatched(method: str) -> Observed:
     context = multiprocessing.get_context(method)
     with ProcessPoolExecutor(max_workers=1, mp_context=context) as executor:
@@ -111,6 +133,8 @@ def main(scenario: str, method: str) -> Observed:
         return patch_executor(method)
     if scenario == "patch-pool":
         return patch_pool(method, multiprocessing.get_context(method).Pool(1))
+    if scenario == "concurrent":
+        return concurrent(method)
     if scenario == "unpatched":
         return unpatched(method)
     raise SystemExit(f"unknown scenario {scenario!r}")

@@ -152,12 +152,13 @@ class TestProcessPools:
     suite's threads and sockets. Every task's three stores are checked."""
 
     @pytest.mark.parametrize("method", ["fork", "spawn"])
-    @pytest.mark.parametrize("scenario", ["wrap", "patch-executor", "patch-pool"])
+    @pytest.mark.parametrize("scenario", ["wrap", "patch-executor", "patch-pool", "concurrent"])
     def test_every_task_sees_its_submitters_carried_stores_only(self, scenario: str, method: str) -> None:
         """wrap_executor(ProcessPoolExecutor) and, under the patch, ProcessPoolExecutor and
-        multiprocessing.Pool (made at import, lazily in a request, with re-created workers): each
-        task sees the carried stores of the request that submitted it, the defaults outside any
-        request, never a local store, and nothing an earlier task set."""
+        multiprocessing.Pool (made at import, lazily in a request, with re-created workers), and 40
+        concurrent requests on one shared pool: each task sees the carried stores of the request that
+        submitted it, the defaults outside any request, never a local store, and nothing an earlier
+        task set."""
         results = run_child("carry_peer", scenario, method)
         assert len(results) >= 7
         assert [observed for _, observed in results] == [expected(label) for label, _ in results]
