@@ -21,6 +21,7 @@ Invariants:
 
 from __future__ import annotations
 
+import functools
 import json as _json
 import pickle
 import weakref
@@ -37,8 +38,10 @@ if TYPE_CHECKING:
 P = ParamSpec("P")
 R = TypeVar("R")
 
-# name -> the carried storage of that name, weakly: a storage that is gone frees its name.
+# name -> the carried storage of that name, weakly: a storage that is gone frees its name (its dead
+# reference stays, harmless). Changed only under the lock; readers take _all, rebuilt on each change.
 _carried: dict[str, weakref.ref[AsyncLocalStorage[Any]]] = {}
+_all: tuple[weakref.ref[AsyncLocalStorage[Any]], ...] = ()
 _carried_lock = ForkSafeLock()
 # Stores of these types make any trip as they are: no check needed.
 _PLAIN = frozenset({str, int, float, bool, type(None)})
@@ -46,13 +49,8 @@ _PLAIN = frozenset({str, int, float, bool, type(None)})
 
 def register(storage: AsyncLocalStorage[Any]) -> None:
     """Enter a ``carry=True`` storage under its name, which must be free in this process."""
+    global _all  # noqa: PLW0603 - copy on write, under the lock
     name = storage.name
-
-    def forget(ref: weakref.ref[AsyncLocalStorage[Any]]) -> None:
-        # Called by the garbage collector, in any thread, maybe one holding the lock: no lock here.
-        if _carried.get(name) is ref:
-            del _carried[name]
-
     with _carried_lock:
         held = _carried.get(name)
         if held is not None and held() is not None:
@@ -61,7 +59,8 @@ def register(storage: AsyncLocalStorage[Any]) -> None:
                 " already in this process; carried storages need unique names (the name is the key"
                 " their store travels under)"
             )
-        _carried[name] = weakref.ref(storage, forget)
+        _carried[name] = weakref.ref(storage)
+        _all = tuple(_carried.values())
 
 
 def lookup(name: object) -> AsyncLocalStorage[Any] | None:
@@ -72,7 +71,7 @@ def lookup(name: object) -> AsyncLocalStorage[Any] | None:
 
 def carried_storages() -> list[AsyncLocalStorage[Any]]:
     """The carried storages alive in this process."""
-    return [storage for ref in tuple(_carried.values()) if (storage := ref()) is not None]
+    return [storage for ref in _all if (storage := ref()) is not None]
 
 
 def _check_portable(name: str, store: object, as_json: bool) -> None:
@@ -177,8 +176,17 @@ class CarriedCall:
         return f"<{type(self).__name__} of {self.fn!r} with {sorted(self.captured)}>"
 
 
-def carried(fn: Callable[..., Any]) -> CarriedCall:
-    """``fn`` with the carried stores current now, for another process (already carried: as it is)."""
+def carried(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """``fn`` with the carried stores current now, for another process.
+
+    Already carried (a ``CarriedCall``, or a ``functools.partial`` over one or
+    holding one first, as ``run_in_executor`` and a process pool's ``map``
+    chunks hand on): as it is.
+    """
+    if type(fn) is functools.partial and (
+        type(fn.func) is CarriedCall or (fn.args and type(fn.args[0]) is CarriedCall)
+    ):
+        return fn
     if type(fn) is CarriedCall:
         return fn
     return CarriedCall(capture(), fn)

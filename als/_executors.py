@@ -14,7 +14,8 @@ Invariants:
 * ``wrap_executor`` wraps any executor from outside: its ``submit`` hands
   the executor ``copy.run`` as the callable (or, for a callable that copies
   for itself, an ``InCopy``, that callable), above the executor's own
-  ``submit`` and anything wrapping it.
+  ``submit`` and anything wrapping it. A process or interpreter pool gets
+  a ``CarriedCall`` instead: the submitter's carried stores, by value.
 * ``map`` submits every item from the context of ``map()``'s caller: at
   once, or, for those that 3.14's ``buffersize`` submits while another
   thread consumes the results, from a copy of it (``map_from_here``).

@@ -254,14 +254,18 @@ def _elsewhere_submit(original: Callable[..., Future[Any]], generation: _Generat
     return submit
 
 
-def _submits_from_here(original: Callable[..., Iterator[Any]], generation: _Generation) -> Any:
-    """A process pool's ``map``: every item submitted from the context of ``map()``'s caller."""
+def _carrying_map(original: Callable[..., Iterator[Any]], generation: _Generation) -> Any:
+    """A process pool's ``map``: each call under the carried stores of ``map()``'s caller.
+
+    ``fn`` is carried once, here, so that each item of a chunk runs in a new
+    context of its own; the chunks' submits leave it as it is.
+    """
 
     @functools.wraps(original)
     def map(self: Executor, fn: Callable[..., Any], *iterables: Any, **kwargs: Any) -> Iterator[Any]:  # noqa: A001
         if not generation.active:
             return original(self, fn, *iterables, **kwargs)
-        return map_from_here(types.MethodType(original, self), fn, *iterables, **kwargs)
+        return start_workers_empty(original, self, carried(fn), *iterables, **kwargs)
 
     return map
 
@@ -312,7 +316,7 @@ def _targets() -> list[tuple[object, str, Callable[[Any, _Generation], Any]]]:
         (_futures_thread, "_WorkItem", _work_item),
         (ThreadPoolExecutor, "map", _thread_pool_map),
         (ProcessPoolExecutor, "submit", _elsewhere_submit),
-        (ProcessPoolExecutor, "map", _submits_from_here),
+        (ProcessPoolExecutor, "map", _carrying_map),
         (Pool, "_repopulate_pool_static", _pool_workers),
         (Pool, "apply_async", _pool_task),
         (Pool, "_map_async", _pool_task),  # map, map_async, starmap, starmap_async
@@ -440,8 +444,12 @@ def patch() -> None:
     ``multiprocessing.Pool`` workers, re-created ones too) are forked from
     one: none is pinned to the request that started it. So what a pool's
     ``initializer`` sets on a ``ContextVar`` is not seen by its tasks, which
-    run in their submitter's context. Left alone: work sent to another
-    process or interpreter, and done callbacks of standard-library futures.
+    run in their submitter's context. Work sent to another process or
+    interpreter (``ProcessPoolExecutor``, ``multiprocessing.Pool``, 3.14's
+    ``InterpreterPoolExecutor``) runs under its submitter's carried stores
+    (storages made with ``carry=True``) and nothing else; a
+    ``multiprocessing.pool.ThreadPool``'s tasks run in a copy of their
+    caller's context. Left alone: done callbacks of standard-library futures.
 
     Other libraries' wrappers of the same hand-offs (OpenTelemetry, Sentry,
     profilers), installed before or after, are never bypassed, and what they

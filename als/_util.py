@@ -27,7 +27,11 @@ store is missing, never another request's):
   patch subclasses it. ``ThreadPoolExecutor._work_queue`` (before 3.14),
   ``_adjust_thread_count`` and 3.14's ``prepare_context`` and
   ``WorkerContext``: ``ContextThreadPoolExecutor`` overrides them.
-* ``multiprocessing.pool.Pool._repopulate_pool_static``: wrapped by the patch.
+* ``multiprocessing.pool.Pool._repopulate_pool_static`` and ``_map_async``
+  (behind ``map``, ``starmap`` and their ``_async`` forms): wrapped by the patch.
+* Celery (``als.celery``): ``app.amqp.send_task_message`` and the
+  ``_create_task_sender`` that makes it, and ``app.Task``; checked with
+  Celery 5.7 by the tests against real workers.
 * ``Logger.makeRecord``'s code object and its caller's frame
   (``sys._getframe``): ``als.logging`` lets ``extra=`` win over its field.
 """

@@ -47,7 +47,9 @@ def wrap(method: str) -> Observed:
     out: Observed = []
     with executor:
         out.append(("A", in_request("A", lambda: executor.submit(seen).result(60))))
-        out.extend(("B", s) for s in in_request("B", lambda: list(executor.map(seen, range(3), chunksize=2))))
+        out.extend(
+            ("B", s) for s in in_request("B", lambda: list(executor.map(set_and_see, range(3), chunksize=2)))
+        )
         out.append(("-", executor.submit(seen).result(60)))
         out.append(("C", in_request("C", lambda: executor.submit(set_and_see).result(60))))
         out.append(("-", executor.submit(seen).result(60)))  # nothing the previous task set
@@ -88,9 +90,13 @@ def patch_pool(method: str, made_at_import: Any) -> Observed:
             with pool:
                 out.append(("A", in_request("A", pool.apply, seen)))
                 out.append(("B", in_request("B", lambda: pool.apply_async(seen).get(60))))
-                out.extend(("C", s) for s in in_request("C", pool.map, seen, range(2)))
-                out.extend(("D", s) for s in in_request("D", lambda: pool.map_async(seen, range(2)).get(60)))
-                out.extend(("E", s) for s in in_request("E", pool.starmap, seen_pair, [(1, 2), (3, 4)]))
+                # Explicit chunksizes: with maxtasksperchild, CPython's Pool can have no worker for a
+                # moment, and the default chunksize divides by their number.
+                out.extend(("C", s) for s in in_request("C", pool.map, set_and_see, range(2), 1))
+                out.extend(
+                    ("D", s) for s in in_request("D", lambda: pool.map_async(seen, range(2), 1).get(60))
+                )
+                out.extend(("E", s) for s in in_request("E", pool.starmap, seen_pair, [(1, 2), (3, 4)], 1))
                 out.extend(("F", s) for s in in_request("F", lambda: list(pool.imap(seen, range(2)))))
                 out.extend(
                     ("G", s) for s in in_request("G", lambda: list(pool.imap_unordered(seen, range(2))))

@@ -8,6 +8,7 @@ Imported by the test process (to publish) and by the workers.
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import os
 from typing import Any
@@ -17,7 +18,9 @@ from celery import Celery, signals
 import als.celery
 import als.logging
 
-from .carry_tasks import request_id, tenant
+from .carry_tasks import local, request_id, tenant
+
+leak: contextvars.ContextVar[str | None] = contextvars.ContextVar("leak", default=None)
 
 app = Celery(
     "als_tests",
@@ -44,6 +47,8 @@ als.logging.install_record_factory(request_id)
 
 
 def line(expected: str, what: str) -> None:
+    if local.get_store() is not None or leak.get() is not None:  # set by an earlier task: must never show
+        what += "-after-a-leak"
     log.info(what, extra={"expected": expected, "direct": request_id.get_store() or "-"})
 
 
@@ -65,6 +70,26 @@ def retrying(self: Any, expected: str) -> Any:
     if self.request.retries == 0:
         raise self.retry(countdown=0.05)
     return request_id.get_store()
+
+
+@app.task(bind=True, max_retries=1, default_retry_delay=0)
+def retried_elsewhere(self: Any, expected: str) -> Any:
+    """Retries from inside another request: the retry carries that one, not the first message's."""
+    if self.request.retries == 0:
+        line(expected, "moved-0")
+        raise request_id.run(f"{expected}-r", lambda: self.retry(countdown=0.05))
+    line(f"{expected}-r", "moved-1")
+    return request_id.get_store()
+
+
+@app.task
+def leaky(expected: str) -> None:
+    """Sets every kind of context state, none of which may reach the next task."""
+    line(expected, "leaky")
+    local.enter_with("leaked")
+    leak.set("leaked")
+    request_id.enter_with("leaked")
+    tenant.enter_with({"name": "leaked"})
 
 
 @app.task
