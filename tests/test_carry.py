@@ -10,6 +10,7 @@ import sys
 import threading
 from concurrent.futures import ProcessPoolExecutor
 from multiprocessing.pool import ThreadPool
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -210,7 +211,11 @@ class TestInterpreterPools:
         submitter's carried stores, and no local store."""
         from concurrent.futures import InterpreterPoolExecutor  # type: ignore[attr-defined]
 
-        with InterpreterPoolExecutor(max_workers=1) as pool:
+        # A new interpreter starts with the process's initial sys.path: like a spawned worker, it must
+        # be able to import the storages' module (tests.carry_tasks) to unpickle the task.
+        root = str(Path(carry_tasks.__file__).resolve().parent.parent)
+        path_setup = f"import sys; sys.path.insert(0, {root!r})"
+        with InterpreterPoolExecutor(max_workers=1, initializer=exec, initargs=(path_setup,)) as pool:
             wrapped = als.wrap_executor(pool)
             assert in_request("A", lambda: wrapped.submit(seen).result(TIMEOUT)) == (
                 "A",
