@@ -106,7 +106,10 @@ def capture(*, json: bool = False) -> dict[str, Any]:
             not JSON-serialisable. The message names the storage, never the value.
     """
     captured: dict[str, Any] = {}
-    for storage in carried_storages():
+    for ref in _all:
+        storage = ref()
+        if storage is None:
+            continue
         store = storage.get_store()
         if store is not storage.default:
             if type(store) not in _PLAIN:

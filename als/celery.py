@@ -71,13 +71,13 @@ def _plain_json(value: object) -> bool:
         budget[0] -= 1
         if budget[0] < 0 or depth > _MAX_DEPTH:
             return False
-        if isinstance(item, str) and type(item) is str:
+        if isinstance(item, str):
             return len(item) <= _MAX_STRING and _CONTROL(item) is None
         if item is None or type(item) in (int, float, bool):
             return True
-        if isinstance(item, list) and type(item) is list:
+        if isinstance(item, list):
             return all(check(x, depth + 1) for x in item)
-        if isinstance(item, dict) and type(item) is dict:
+        if isinstance(item, dict):
             return all(
                 isinstance(k, str) and check(k, depth + 1) and check(v, depth + 1) for k, v in item.items()
             )

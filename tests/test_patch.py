@@ -86,17 +86,24 @@ def copies(monkeypatch: pytest.MonkeyPatch) -> list[None]:
     depends on timing.
     """
     made: list[None] = []
-    original = contextvars.copy_context
+    counting = counted_copies(contextvars.copy_context, made)
+    for module in (als._context, als._executors, als._patch, als._threads):
+        monkeypatch.setattr(module, "copy_context", counting)
+    return made
+
+
+def counted_copies(
+    copy: Callable[[], contextvars.Context], made: list[None]
+) -> Callable[[], contextvars.Context]:
+    """``copy``, appending to ``made`` for each copy of a non-empty context."""
 
     def counting() -> contextvars.Context:
-        context = original()
+        context = copy()
         if len(context):
             made.append(None)
         return context
 
-    for module in (als._context, als._executors, als._patch, als._threads):
-        monkeypatch.setattr(module, "copy_context", counting)
-    return made
+    return counting
 
 
 @pytest.mark.usefixtures("patched_process")
@@ -244,15 +251,8 @@ class TestThreads:
     ) -> None:
         """ContextThread and ContextTimer copy for themselves (where threads inherit, the interpreter's
         own copy is theirs); the patch adds no copy: one per thread."""
-        interpreter_copy = _contextvars.copy_context
-
-        def counted() -> contextvars.Context:
-            context = interpreter_copy()
-            if len(context):
-                copies.append(None)
-            return context
-
-        monkeypatch.setattr(_contextvars, "copy_context", counted)  # what Thread.start calls
+        # What Thread.start calls, where threads inherit.
+        monkeypatch.setattr(_contextvars, "copy_context", counted_copies(_contextvars.copy_context, copies))
         recorder = Recorder()
         threads = [
             als.ContextThread(target=lambda: recorder("thread", storage.get_store())),
