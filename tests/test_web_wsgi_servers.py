@@ -9,6 +9,7 @@ socket this module bound and listens on, so there is no port race and no wait fo
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
@@ -158,51 +159,53 @@ def child_pids(pid: int) -> list[int]:
     return children
 
 
-def run_gunicorn(web: ModuleType, directory: Path, on_invalid: str) -> Iterator[Served]:
-    """``gunicorn -k gthread --threads 8 -w 1`` on a socket bound here; stopped, and checked gone, after."""
-    log_file = directory / "app.log"
-    log_file.touch()
+@contextlib.contextmanager
+def gunicorn_serving(
+    spec: str, directory: Path, env: dict[str, str], args: list[str], warm_up: str
+) -> Iterator[int]:
+    """``gunicorn -k gthread --threads 8 -w 1 ... spec`` on a socket bound here; yields its port.
+
+    The first request (``warm_up``, which must answer 200) waits in the backlog until the worker accepts
+    it: no sleep, no port race. After: SIGTERM, a bounded wait for the arbiter and its worker (checked
+    gone), a clean exit and no traceback or error in gunicorn's own output.
+    """
     errors = directory / "gunicorn.err"
-    sock = web.listening_socket()
-    fd = sock.fileno()
-    env = {k: v for k, v in os.environ.items() if k != "GUNICORN_CMD_ARGS"}
-    env.update({LOG_ENV: str(log_file), ON_INVALID_ENV: on_invalid})
-    command = [
-        *[sys.executable, "-m", "gunicorn", "-k", "gthread", "--threads", "8", "-w", "1"],
-        *["--bind", f"fd://{fd}", "--chdir", str(ROOT), "--no-control-socket", "--log-level", "warning"],
-        "tests.test_web_wsgi_servers:gunicorn_app()",
-    ]
-    with errors.open("wb") as stderr:
-        process = subprocess.Popen(command, pass_fds=[fd], env=env, stdout=stderr, stderr=stderr)
-
-    def lines() -> list[str]:
-        return log_file.read_text(encoding="utf-8").split("\n")[:-1]
-
-    served = Served("gunicorn", on_invalid == "reject", sock.getsockname()[1], lines)
-    try:
-        # The first request waits in the backlog until the worker accepts it: no sleep, no port race.
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen(128)
+        fd = sock.fileno()
+        environ = {k: v for k, v in os.environ.items() if k != "GUNICORN_CMD_ARGS"}
+        environ.update(env)
+        command = [
+            *[sys.executable, "-m", "gunicorn", "-k", "gthread", "--threads", "8", "-w", "1"],
+            *["--bind", f"fd://{fd}", "--chdir", str(ROOT), "--no-control-socket", "--log-level", "warning"],
+            *args,
+            spec,
+        ]
+        with errors.open("wb") as stderr:
+            process = subprocess.Popen(command, pass_fds=[fd], env=environ, stdout=stderr, stderr=stderr)
+        port = sock.getsockname()[1]
         try:
-            warm = httpx.get(f"http://127.0.0.1:{served.port}/order/warm-up", timeout=TIMEOUT)
-        except httpx.HTTPError as exc:
-            pytest.fail(f"gunicorn did not answer ({exc!r}); its stderr:\n{errors.read_text()}")
-        assert warm.status_code == 200, errors.read_text()
-        started = child_pids(process.pid)
-        assert len(started) == 1, f"gunicorn -w 1 runs {started}"
-        yield served
-    finally:
-        workers = child_pids(process.pid)
-        pidfds = [os.pidfd_open(pid) for pid in workers]
-        process.terminate()
-        try:
-            process.wait(TIMEOUT)
-        except subprocess.TimeoutExpired:
-            for pid in child_pids(process.pid):
-                os.kill(pid, signal.SIGKILL)
-            process.kill()
-            process.wait(TIMEOUT)
-            pytest.fail(f"gunicorn did not stop on SIGTERM; its stderr:\n{errors.read_text()}")
+            try:
+                warm = httpx.get(f"http://127.0.0.1:{port}{warm_up}", timeout=TIMEOUT)
+            except httpx.HTTPError as exc:
+                pytest.fail(f"gunicorn did not answer ({exc!r}); its stderr:\n{errors.read_text()}")
+            assert warm.status_code == 200, errors.read_text()
+            started = child_pids(process.pid)
+            assert len(started) == 1, f"gunicorn -w 1 runs {started}"
+            yield port
         finally:
-            sock.close()
+            workers = child_pids(process.pid)
+            pidfds = [os.pidfd_open(pid) for pid in workers]
+            process.terminate()
+            try:
+                process.wait(TIMEOUT)
+            except subprocess.TimeoutExpired:
+                for pid in child_pids(process.pid):
+                    os.kill(pid, signal.SIGKILL)
+                process.kill()
+                process.wait(TIMEOUT)
+                pytest.fail(f"gunicorn did not stop on SIGTERM; its stderr:\n{errors.read_text()}")
     try:
         # A pidfd turns readable when its process has exited: a bounded wait for each worker, no polling.
         for pid, pidfd in zip(workers, pidfds, strict=True):
@@ -218,16 +221,31 @@ def run_gunicorn(web: ModuleType, directory: Path, on_invalid: str) -> Iterator[
     assert "[ERROR]" not in stderr_text
 
 
+def run_gunicorn(directory: Path, on_invalid: str) -> Iterator[Served]:
+    """The example's app under gunicorn's gthread worker, its log lines read from a file."""
+    log_file = directory / "app.log"
+    log_file.touch()
+
+    def lines() -> list[str]:
+        return log_file.read_text(encoding="utf-8").split("\n")[:-1]
+
+    env = {LOG_ENV: str(log_file), ON_INVALID_ENV: on_invalid}
+    with gunicorn_serving(
+        "tests.test_web_wsgi_servers:gunicorn_app()", directory, env, [], "/order/warm-up"
+    ) as port:
+        yield Served("gunicorn", on_invalid == "reject", port, lines)
+
+
 @pytest.fixture(scope="module")
 def gunicorn_replace(web: ModuleType, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     """The example's own ``wsgi_app`` under gunicorn's gthread worker."""
-    yield from run_gunicorn(web, tmp_path_factory.mktemp("gunicorn-replace"), "replace")
+    yield from run_gunicorn(tmp_path_factory.mktemp("gunicorn-replace"), "replace")
 
 
 @pytest.fixture(scope="module")
 def gunicorn_reject(web: ModuleType, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     """The example's Flask app behind ``WSGIRequestId(..., on_invalid="reject")`` under gunicorn."""
-    yield from run_gunicorn(web, tmp_path_factory.mktemp("gunicorn-reject"), "reject")
+    yield from run_gunicorn(tmp_path_factory.mktemp("gunicorn-reject"), "reject")
 
 
 @pytest.fixture

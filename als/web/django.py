@@ -1,0 +1,232 @@
+"""Django middleware: a ``MIDDLEWARE`` entry that runs each request, to its last byte, under its id.
+
+Configured in settings::
+
+    MIDDLEWARE = ["als.web.django.RequestIdMiddleware", ...]  # first: outermost
+    ALS_REQUEST_ID = {"storage": "myproject.context.request_id"}
+
+``SETTING`` is that dict's name, ``"ALS_REQUEST_ID"``. Importing this module imports Django (and asgiref, which Django requires);
+importing ``als.web`` does not.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextvars import Context, copy_context
+from functools import partial
+from typing import Any
+
+from asgiref.sync import iscoroutinefunction, markcoroutinefunction, sync_to_async
+from django import conf
+from django.core.exceptions import ImproperlyConfigured
+from django.http import HttpRequest, HttpResponseBadRequest
+from django.http.response import HttpResponseBase
+from django.utils.log import log_response
+from django.utils.module_loading import import_string
+
+from als._context import ContextCoroutine
+
+from ._common import Policy
+
+__all__ = ["RequestIdMiddleware", "SETTING"]
+
+SETTING = "ALS_REQUEST_ID"
+"""The name of the settings dict ``RequestIdMiddleware`` reads."""
+
+# The options of the dict; each as als.web's middlewares take it. Dotted paths are imported.
+_IMPORTED = ("storage", "generator", "validator")
+_OPTIONS = frozenset({*_IMPORTED, "header", "trust_incoming", "on_invalid"})
+
+
+def _label(name: str) -> str:
+    return f"settings.{SETTING}[{name!r}]"
+
+
+def _configured() -> dict[str, Any]:
+    """The settings dict as ``Policy``'s keyword arguments, dotted paths imported."""
+    options = getattr(conf.settings, SETTING, None)
+    if options is None:
+        raise ImproperlyConfigured(
+            f"als.web.django.RequestIdMiddleware needs settings.{SETTING},"
+            ' a dict with at least "storage": an AsyncLocalStorage or the dotted path to one'
+        )
+    if not isinstance(options, dict):
+        raise ImproperlyConfigured(f"settings.{SETTING} must be a dict, not {type(options).__name__}")
+    unknown = sorted(map(repr, options.keys() - _OPTIONS))
+    if unknown:
+        raise ImproperlyConfigured(
+            f"settings.{SETTING} has unknown keys {', '.join(unknown)};"
+            f" the keys are {', '.join(sorted(_OPTIONS))}"
+        )
+    if "storage" not in options:
+        raise ImproperlyConfigured(
+            f'settings.{SETTING} needs "storage": an AsyncLocalStorage or the dotted path to one'
+        )
+    resolved = dict(options)
+    for name in _IMPORTED:
+        path = resolved.get(name)
+        if isinstance(path, str):
+            try:
+                resolved[name] = import_string(path)
+            except ImportError as exc:
+                raise ImproperlyConfigured(f"{_label(name)} = {path!r} cannot be imported: {exc}") from exc
+    return resolved
+
+
+class RequestIdMiddleware(Policy):
+    """Django middleware: the whole request runs under its id, taken from ``header`` when safe.
+
+    List it first in ``MIDDLEWARE``, so that it is outermost, and configure
+    it with ``settings.ALS_REQUEST_ID``, a dict: ``"storage"`` (required: an
+    ``AsyncLocalStorage`` or the dotted path to one), and optionally
+    ``"header"``, ``"trust_incoming"``, ``"generator"``, ``"validator"`` (each
+    a callable or the dotted path to one) and ``"on_invalid"``, with the
+    meanings and defaults of ``als.web.WSGIRequestId``'s arguments. Django
+    makes its middleware when the handler starts: a missing or bad setting,
+    an unknown key or a path that does not import is an
+    ``ImproperlyConfigured`` then, naming the key.
+
+    Incoming id: ``request.META["HTTP_X_REQUEST_ID"]`` for ``X-Request-ID``,
+    under the rules of ``als.web`` (untrusted: used only if ``trust_incoming``
+    and it passes ``is_safe_header_value``, has no comma, which is how servers
+    join a repeated header, and passes the validator; otherwise replaced by a
+    new id, or with ``"on_invalid": "reject"`` answered with a 400
+    ``text/plain`` response under a new id, without calling the view). The raw
+    value is never echoed, logged or passed on. The id replaces it in
+    ``request.META``, so ``request.headers`` agrees with ``get_store()``.
+
+    Under the id: every middleware after this one, the view, exception
+    handling and the 500 page Django renders, Django's "Not Found: ..." and
+    "Internal Server Error: ..." log lines (for a response of 400 or more that
+    Django has not logged yet, this middleware makes Django's own log call
+    itself, under the id; Django then skips it), each chunk of a
+    ``StreamingHttpResponse`` (sync or async iterator) and the response's
+    ``close()``, so ``request_finished`` receivers too. All of them run in one
+    context, a copy of the one the handler called the middleware in, made per
+    request: what the view sets in any ``ContextVar`` is seen by later chunks
+    and by ``close()``; nothing reaches the server's thread or task. Threads
+    (under ``als.patch()`` or the wrappers), ``sync_to_async`` and
+    ``async_to_sync`` carry the id, as they carry any context. Outside it:
+    ``request_started`` receivers and the server's own access line, which run
+    before and after the middleware; gunicorn's ``access_log_format`` can show
+    the response header with ``%({x-request-id}o)s``.
+
+    Sync and async capable: under an ASGI handler with an async chain, the
+    middleware is a coroutine function and awaits the chain in that context.
+
+    Response: exactly one ``header``, the id, set last (replacing one the view
+    set). A ``FileResponse`` that streams a file is not wrapped (reading it
+    runs no app code), so servers still send it with ``sendfile``; its
+    ``close()`` is.
+    """
+
+    sync_capable = True
+    async_capable = True
+
+    def __init__(self, get_response: Callable[[HttpRequest], Any]) -> None:
+        if not callable(get_response):
+            raise TypeError(
+                f"RequestIdMiddleware() argument 'get_response' must be callable,"
+                f" not {type(get_response).__name__}"
+            )
+        try:
+            super().__init__(**_configured(), label=_label)
+        except (TypeError, ValueError) as exc:
+            raise ImproperlyConfigured(str(exc)) from None
+        self._get_response = get_response
+        self._async = iscoroutinefunction(get_response)
+        if self._async:
+            markcoroutinefunction(self)
+
+    def __call__(self, request: HttpRequest) -> Any:
+        if self._async:
+            return self._acall(request)
+        context, request_id = self._start(request)
+        if request_id is None:
+            return self._refused(context, request)
+        response: HttpResponseBase = context.run(self._get_response, request)
+        if response.status_code >= 400:
+            context.run(_log, response, request)
+        return self._finished(context, response, request_id)
+
+    async def _acall(self, request: HttpRequest) -> HttpResponseBase:
+        context, request_id = self._start(request)
+        if request_id is None:
+            return self._refused(context, request)
+        response: HttpResponseBase = await ContextCoroutine(context, context.run(self._get_response, request))
+        if response.status_code >= 400:
+            # Off the event loop, as Django logs these.
+            await sync_to_async(context.run, thread_sensitive=False)(_log, response, request)
+        return self._finished(context, response, request_id)
+
+    def _start(self, request: HttpRequest) -> tuple[Context, str | None]:
+        """The request's context, its id current there; the id is None if the request must be refused."""
+        key = self._key
+        request_id = self._request_id(request.META.get(key), False)
+        context = copy_context()
+        if request_id is not None:
+            request.META[key] = request_id
+            request.__dict__.pop("headers", None)  # a cached request.headers would show the old value
+            context.run(self._storage.enter_with, request_id)
+        return context, request_id
+
+    def _refused(self, context: Context, request: HttpRequest) -> HttpResponseBase:
+        refused = self._generate()
+        context.run(self._storage.enter_with, refused)
+        response = HttpResponseBadRequest(self._bad_request_body(), content_type="text/plain; charset=utf-8")
+        context.run(_log, response, request)
+        return self._finished(context, response, refused)
+
+    def _finished(self, context: Context, response: HttpResponseBase, request_id: str) -> HttpResponseBase:
+        """``response`` with our header, and its later steps (chunks, ``close()``) in ``context``."""
+        response.headers[self._header] = request_id
+        if getattr(response, "streaming", False) and getattr(response, "file_to_stream", None) is None:
+            streaming: Any = response
+            content = streaming.streaming_content
+            streaming.streaming_content = (
+                _AsyncChunks(context, content) if streaming.is_async else _Chunks(context, content)
+            )
+        # An instance attribute: servers (and Django's file wrapper path) call response.close().
+        response.close = partial(context.run, response.close)
+        return response
+
+
+def _log(response: HttpResponseBase, request: HttpRequest) -> None:
+    """Django's own log line for an error response; it marks the response, so Django skips it later."""
+    log_response("%s: %s", response.reason_phrase, request.path, response=response, request=request)
+
+
+class _Chunks:
+    """A sync iterator whose every step runs in the request's context."""
+
+    __slots__ = ("_context", "_iterator")
+
+    def __init__(self, context: Context, iterable: Iterator[bytes]) -> None:
+        self._context = context
+        self._iterator = iter(iterable)
+
+    def __iter__(self) -> Iterator[bytes]:
+        return self
+
+    def __next__(self) -> bytes:
+        return self._context.run(next, self._iterator)
+
+
+class _AsyncChunks:
+    """An async iterator whose every step runs in the request's context."""
+
+    __slots__ = ("_context", "_iterator")
+
+    def __init__(self, context: Context, iterable: AsyncIterator[bytes]) -> None:
+        self._context = context
+        self._iterator = aiter(iterable)
+
+    def __aiter__(self) -> AsyncIterator[bytes]:
+        return self
+
+    def __anext__(self) -> Awaitable[bytes]:
+        return ContextCoroutine(self._context, _next_chunk(self._iterator))
+
+
+async def _next_chunk(iterator: AsyncIterator[bytes]) -> bytes:
+    return await anext(iterator)

@@ -1,0 +1,407 @@
+"""als.web.django.RequestIdMiddleware in a real Django project (tests/django_project), in and out of servers.
+
+In this process: Django's test clients (sync and async) for the configuration errors, the untrusted-input
+rules, reject mode, the response header, file responses and leaks. Under real servers: gunicorn's gthread
+worker (a subprocess, Django's sync chain) and uvicorn (a thread here, Django's async chain), each sent 100
+concurrent requests of every kind; every response and every line of every request is checked.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import io
+import logging
+import os
+import re
+import uuid
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import django
+import httpx
+import pytest
+from asgiref.sync import iscoroutinefunction
+
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "tests.django_project.settings")
+django.setup()
+
+from django.conf import settings  # noqa: E402
+from django.core.exceptions import ImproperlyConfigured  # noqa: E402 - Django needs its settings first
+from django.core.handlers.asgi import ASGIHandler  # noqa: E402
+from django.http import FileResponse, HttpRequest, HttpResponse  # noqa: E402
+from django.test import AsyncClient, Client, override_settings  # noqa: E402
+
+import als  # noqa: E402
+from als.logging import ContextFilter  # noqa: E402
+from als.web.django import SETTING, RequestIdMiddleware  # noqa: E402
+
+from .django_project import views  # noqa: E402
+from .django_project.context import request_id as storage  # noqa: E402
+from .django_project.logs import OneLine  # noqa: E402
+from .test_web import HOSTILE, UUID, assert_nowhere  # noqa: E402
+from .test_web_asgi_servers import serving  # noqa: E402
+from .test_web_wsgi_servers import gunicorn_serving  # noqa: E402
+
+NAME = "X-Request-ID"
+FRESH = re.compile(r"[0-9a-f]{32}").fullmatch
+LOGGERS = ("tests.django", "django.request")
+# What each view logs, in its request's context; Django's own line names the path.
+EXPECTED = {
+    "ok": ["view", "thread", "finished"],
+    "aview": ["view", "task", "sync_to_async", "finished"],
+    "bridged": ["view", "task", "finished"],
+    "stream": ["view", "chunk 0", "chunk 1", "chunk 2", "finished"],
+    "astream": ["view", "chunk 0", "chunk 1", "chunk 2", "finished"],
+    "boom": ["view", "Internal Server Error: /boom/{tag}", "finished"],
+    "missing": ["view", "Not Found: /missing/{tag}", "finished"],
+    "gone": ["view", "Gone: /gone/{tag}", "finished"],
+}
+STATUS = {"boom": 500, "missing": 404, "gone": 410}
+DJANGO_LINE = re.compile(r"[A-Za-z ]+: /(?P<kind>[a-z_]+)/(?P<tag>\S+)").fullmatch
+
+
+class Lines(logging.Handler):
+    """The project's lines, formatted with the id (``ContextFilter`` on this handler), while installed."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.setFormatter(OneLine())
+        self.addFilter(ContextFilter(storage))
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(self.format(record))
+
+
+@pytest.fixture
+def lines() -> Iterator[list[str]]:
+    handler = Lines()
+    saved = [(logger, logger.level, logger.propagate) for logger in map(logging.getLogger, LOGGERS)]
+    for logger, _, _ in saved:
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+        logger.propagate = False
+    try:
+        yield handler.lines
+    finally:
+        for logger, level, propagate in saved:
+            logger.removeHandler(handler)
+            logger.setLevel(level)
+            logger.propagate = propagate
+
+
+def by_tag(lines: list[str]) -> dict[str, list[tuple[str, str]]]:
+    """Each request's lines, as (id, message without the tag), keyed by the request's tag."""
+    grouped: dict[str, list[tuple[str, str]]] = {}
+    for line in lines:
+        request_id, _, message = line.split("|", 2)
+        django_line = DJANGO_LINE(message)
+        if django_line is not None:
+            tag, text = django_line["tag"], message.replace(django_line["tag"], "{tag}")
+        else:
+            tag, _, text = message.partition(" ")
+        grouped.setdefault(tag, []).append((request_id, text))
+    return grouped
+
+
+# --- Configuration ---------------------------------------------------------------------------------
+
+
+def get_response(request: HttpRequest) -> HttpResponse:
+    return HttpResponse("ok")
+
+
+S = "tests.django_project.context.request_id"
+BAD_SETTINGS = [
+    pytest.param(None, "needs settings.ALS_REQUEST_ID", id="missing"),
+    pytest.param(["storage"], "must be a dict, not list", id="not-a-dict"),
+    pytest.param({}, 'needs "storage"', id="no-storage"),
+    pytest.param(
+        {"storage": S, "headers": "X-Id"},
+        "unknown keys 'headers'",
+        id="unknown-key",
+    ),
+    pytest.param({"storage": "tests.django_project.context.nothing"}, "['storage']", id="not-importable"),
+    pytest.param({"storage": "os.path"}, "['storage'] must be an AsyncLocalStorage", id="not-a-storage"),
+    pytest.param({"storage": S, "header": "X Id"}, "['header'] must be a valid HTTP header", id="header"),
+    pytest.param({"storage": S, "trust_incoming": "yes"}, "['trust_incoming'] must be bool", id="trust"),
+    pytest.param({"storage": S, "on_invalid": "drop"}, "must be 'replace' or", id="on-invalid"),
+    pytest.param({"storage": S, "generator": "os.sep"}, "['generator'] must be callable", id="generator"),
+    pytest.param({"storage": S, "validator": 3}, "['validator'] must be callable", id="validator"),
+]
+
+
+@pytest.mark.parametrize(("value", "message"), BAD_SETTINGS)
+def test_a_bad_setting_is_improperly_configured_at_start_up(value: object, message: str) -> None:
+    with override_settings(**{SETTING: value}):
+        if value is None:
+            delattr(settings, SETTING)  # undone with the override
+        with pytest.raises(ImproperlyConfigured, match=re.escape(message)):
+            RequestIdMiddleware(get_response)
+        # Django makes its middleware when a handler starts: the first request of a new client.
+        with pytest.raises(ImproperlyConfigured, match=re.escape(message)):
+            Client().get("/ok/config")
+
+
+def test_get_response_must_be_callable() -> None:
+    with pytest.raises(TypeError, match=r"argument 'get_response' must be callable, not str"):
+        RequestIdMiddleware("view")  # type: ignore[arg-type]
+
+
+def test_paths_and_objects_are_both_accepted() -> None:
+    options = {"storage": storage, "generator": "als.web.new_request_id", "validator": str.isdigit}
+    with override_settings(**{SETTING: options}):
+        middleware = RequestIdMiddleware(get_response)
+    assert middleware.storage is storage
+    assert middleware.header == "X-Request-ID"
+
+
+# --- In this process: Django's test clients -----------------------------------------------------------
+
+
+def test_the_whole_request_runs_under_the_incoming_id(lines: list[str]) -> None:
+    """A valid incoming id is the store in the view, its thread hop, request.headers, the response header
+    and every line, request_finished's included; nothing is left in the caller's context."""
+    with als.patched():
+        response = Client().get("/ok/t1", HTTP_X_REQUEST_ID=UUID)
+    assert response.status_code == 200
+    assert response.headers["X-Request-ID"] == UUID
+    assert response.content.decode() == f"{UUID}|{UUID}|{UUID}\n"
+    assert by_tag(lines) == {"t1": [(UUID, "view"), (UUID, "thread"), (UUID, "finished")]}
+    assert storage.get_store() is None
+
+
+@pytest.mark.parametrize("raw", HOSTILE)
+def test_a_hostile_id_is_replaced_and_shown_nowhere(raw: bytes, lines: list[str]) -> None:
+    value = raw.decode("latin-1")
+    with als.patched():
+        response = Client().get("/ok/t2", HTTP_X_REQUEST_ID=value)
+    fresh = response.headers["X-Request-ID"]
+    assert FRESH(fresh)
+    assert response.content.decode() == f"{fresh}|{fresh}|{fresh}\n"
+    assert {request_id for request_id, _ in by_tag(lines)["t2"]} == {fresh}
+    assert_nowhere(value, [*lines, response.content.decode().strip(), *response.headers.values()])
+
+
+def test_a_missing_id_is_made_and_a_repeated_one_replaced(lines: list[str]) -> None:
+    with als.patched():
+        made = Client().get("/ok/t3")
+        joined = Client().get("/ok/t4", HTTP_X_REQUEST_ID=f"{UUID},{UUID}")
+    for response in (made, joined):
+        assert FRESH(response.headers["X-Request-ID"])
+    assert made.headers["X-Request-ID"] != joined.headers["X-Request-ID"]
+
+
+def test_reject_mode_answers_400_under_a_new_id_without_calling_the_view(lines: list[str]) -> None:
+    options = {"storage": "tests.django_project.context.request_id", "on_invalid": "reject"}
+    with override_settings(**{SETTING: options}):
+        client = Client()
+        refused = client.get("/ok/t5", HTTP_X_REQUEST_ID="not valid!")
+        kept = client.get("/ok/t6", HTTP_X_REQUEST_ID=UUID)
+    assert refused.status_code == 400
+    assert refused.content == b"Bad Request: invalid X-Request-ID header\n"
+    fresh = refused.headers["X-Request-ID"]
+    assert FRESH(fresh)
+    assert kept.status_code == 200
+    # Django's own "Bad Request" line, and request_finished, under the new id; the view never ran.
+    assert [line for line in lines if "t6" not in line and "|tests.django|" not in line] == [
+        f"{fresh}|django.request|Bad Request: /ok/t5"
+    ]
+    assert f"{fresh}|tests.django|untagged finished" in lines
+    assert not any("t5 view" in line for line in lines)
+    assert_nowhere("not valid!", lines)
+
+
+def test_the_response_carries_exactly_one_id_header() -> None:
+    response = Client().get("/own_header/t7", HTTP_X_REQUEST_ID=UUID)
+    assert [value for name, value in response.items() if name.lower() == "x-request-id"] == [UUID]
+
+
+@pytest.mark.parametrize(("kind", "status"), [("boom", 500), ("missing", 404), ("gone", 410)])
+def test_errors_their_page_and_djangos_line_carry_the_id(kind: str, status: int, lines: list[str]) -> None:
+    client = Client(raise_request_exception=False)
+    response = client.get(f"/{kind}/t8", HTTP_X_REQUEST_ID=UUID)
+    assert response.status_code == status
+    assert response.headers["X-Request-ID"] == UUID
+    expected = [(UUID, text.format(tag="{tag}")) for text in EXPECTED[kind]]
+    assert by_tag(lines)["t8"] == expected
+
+
+def test_streaming_chunks_and_close_run_in_the_request_context(lines: list[str]) -> None:
+    response = Client().get("/stream/t9", HTTP_X_REQUEST_ID=UUID)
+    # The test client closes a streaming response when its content is used up, as a server does.
+    assert b"".join(response.streaming_content) == f"{UUID}\n".encode() * 3  # type: ignore[attr-defined]
+    assert by_tag(lines)["t9"] == [(UUID, text) for text in EXPECTED["stream"]]
+    assert storage.get_store() is None
+
+
+def test_a_file_response_keeps_its_file_and_closes_under_the_id(lines: list[str]) -> None:
+    """Reading a file runs no app code: the response still streams its file (servers use sendfile); only
+    its close(), which sends request_finished, is run in the request's context."""
+
+    def file_view(request: HttpRequest) -> FileResponse:
+        views.tag.set("t10")
+        return FileResponse(io.BytesIO(b"file body\n"))
+
+    middleware = RequestIdMiddleware(file_view)
+    request = HttpRequest()
+    request.META["HTTP_X_REQUEST_ID"] = UUID
+    response = middleware(request)
+    assert isinstance(response, FileResponse)
+    assert response.file_to_stream is not None
+    assert b"".join(response.streaming_content) == b"file body\n"
+    response.close()
+    assert lines == [f"{UUID}|tests.django|t10 finished"]
+    assert storage.get_store() is None
+
+
+def test_the_async_chain_and_its_stream_run_under_the_id(lines: list[str]) -> None:
+    """Under Django's async handler (AsyncClient): async view, its task, sync_to_async, an async stream and
+    request_finished carry the id; the caller's task is left as it was."""
+
+    async def main() -> list[Any]:
+        client = AsyncClient()
+        got = [await client.get("/aview/a1", headers={"X-Request-ID": UUID})]
+        streamed = await client.get("/astream/a2")
+        got.append(streamed)
+        got.append(b"".join([chunk async for chunk in streamed.streaming_content]))
+        got.append(storage.get_store())
+        return got
+
+    with als.patched():
+        aview, streamed, body, after = asyncio.run(main())
+    assert aview.content.decode() == f"{UUID}|{UUID}|{UUID}|{UUID}\n"
+    fresh = streamed.headers["X-Request-ID"]
+    assert FRESH(fresh)
+    assert body == f"{fresh}\n".encode() * 3
+    assert after is None
+    grouped = by_tag(lines)
+    assert grouped["a1"] == [(UUID, text) for text in EXPECTED["aview"]]
+    assert grouped["a2"] == [(fresh, text) for text in EXPECTED["astream"]]
+
+
+def test_the_middleware_is_a_coroutine_function_only_in_an_async_chain() -> None:
+    async def async_get_response(request: HttpRequest) -> HttpResponse:
+        return HttpResponse("ok")
+
+    assert not iscoroutinefunction(RequestIdMiddleware(get_response))
+    assert iscoroutinefunction(RequestIdMiddleware(async_get_response))
+    assert RequestIdMiddleware.sync_capable
+    assert RequestIdMiddleware.async_capable
+
+
+# --- Under real servers --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Sent:
+    kind: str
+    tag: str
+    incoming: str | None  # the X-Request-ID sent, if any
+
+    @property
+    def kept(self) -> bool:
+        return self.incoming is not None and self.incoming.startswith("in-")
+
+
+def mixed(kinds: list[str], count: int = 100) -> list[Sent]:
+    incoming = [lambda i: f"in-{i}-{uuid.uuid4().hex}", lambda i: None, lambda i: f"bad id {i}!"]
+    return [
+        Sent(kinds[i % len(kinds)], f"r{i}x{uuid.uuid4().hex[:8]}", incoming[i % 3](i)) for i in range(count)
+    ]
+
+
+def fire(port: int, sent: list[Sent]) -> list[httpx.Response]:
+    async def main() -> list[httpx.Response]:
+        limits = httpx.Limits(max_connections=len(sent))
+        async with httpx.AsyncClient(
+            base_url=f"http://127.0.0.1:{port}", limits=limits, timeout=30
+        ) as client:
+            return await asyncio.gather(
+                *(
+                    client.get(
+                        f"/{one.kind}/{one.tag}",
+                        headers={} if one.incoming is None else {"X-Request-ID": one.incoming},
+                    )
+                    for one in sent
+                )
+            )
+
+    return asyncio.run(main())
+
+
+def check(sent: list[Sent], responses: list[httpx.Response], lines: list[str]) -> dict[str, int]:
+    """Every response and every line of every request: its own id, no other; the counts checked."""
+    grouped = by_tag(lines)
+    ids = set()
+    checked = 0
+    for one, response in zip(sent, responses, strict=True):
+        assert response.status_code == STATUS.get(one.kind, 200), (one, response.text)
+        [request_id] = response.headers.get_list("x-request-id")
+        ids.add(request_id)
+        if one.kept:
+            assert request_id == one.incoming
+        else:
+            assert FRESH(request_id), one
+        if one.kind in ("ok", "aview", "bridged"):
+            seen = response.text.rstrip("\n").split("|")
+            assert seen == [request_id] * len(seen), (one, response.text)
+        elif one.kind in ("stream", "astream"):
+            assert response.text == f"{request_id}\n" * 3
+        expected = [(request_id, text) for text in EXPECTED[one.kind]]
+        assert sorted(grouped.pop(one.tag)) == sorted(expected), one
+        checked += len(expected)
+        if one.incoming is not None and not one.kept:
+            assert_nowhere(one.incoming, lines)
+            assert_nowhere(one.incoming, [response.text], lines=False)
+    assert len(ids) == len(sent)
+    assert grouped == {}, f"lines of no request: {grouped}"
+    return {"requests": len(sent), "lines": checked}
+
+
+def test_gunicorn_gthread_100_concurrent_requests(tmp_path: Path) -> None:
+    """Django's sync chain under gunicorn's gthread worker (8 threads), als.patch() on in the worker. The
+    access line shows the id through gunicorn's own format, from the response header."""
+    log = tmp_path / "app.log"
+    access = tmp_path / "access.log"
+    env = {"ALS_DJANGO_LOG": str(log), "DJANGO_SETTINGS_MODULE": "tests.django_project.settings"}
+    args = ["--access-logfile", str(access), "--access-logformat", "%(U)s id=%({x-request-id}o)s"]
+    sent = mixed(["ok", "aview", "bridged", "stream", "boom", "missing", "gone"])
+    with gunicorn_serving("tests.django_project.wsgi:application", tmp_path, env, args, "/ok/warm") as port:
+        responses = fire(port, sent)
+    # Stopped gracefully: every request's close() (request_finished) has run before the lines are read.
+    app_lines = [line for line in log.read_text().splitlines() if "warm" not in line]
+    counts = check(sent, responses, app_lines)
+    assert counts == {"requests": 100, "lines": sum(len(EXPECTED[one.kind]) for one in sent)}
+    access_ids = dict(line.split(" id=") for line in access.read_text().splitlines() if "warm" not in line)
+    assert access_ids == {
+        f"/{one.kind}/{one.tag}": response.headers["x-request-id"]
+        for one, response in zip(sent, responses, strict=True)
+    }
+
+
+@contextlib.contextmanager
+def fresh_pool() -> Iterator[None]:
+    """The views' pool, new and shut down (its threads joined) before the server checks for stray threads."""
+    saved = views.pool
+    views.pool = ThreadPoolExecutor(4, thread_name_prefix="django-pool")
+    try:
+        yield
+    finally:
+        views.pool.shutdown(wait=True)
+        views.pool = saved
+
+
+def test_uvicorn_100_concurrent_requests(lines: list[str]) -> None:
+    """Django's async chain (ASGIHandler) under uvicorn, in this process, with als.patch() on."""
+    sent = mixed(["ok", "aview", "bridged", "astream", "boom", "missing", "gone"])
+    with als.patched(), serving(ASGIHandler()) as port, fresh_pool():
+        responses = fire(port, sent)
+    # Stopped: every request's close() (request_finished) has run before the lines are read.
+    counts = check(sent, responses, list(lines))
+    assert counts == {"requests": 100, "lines": sum(len(EXPECTED[one.kind]) for one in sent)}
+    assert storage.get_store() is None
