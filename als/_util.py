@@ -1,7 +1,11 @@
 """What every als module may import: argument errors, a fork-safe lock, the stdlib internals used.
 
 This is the only module whose private names cross into other modules, and
-the only one that needs no other part of als.
+the only one that needs no other part of als. Two exceptions, each within a
+package's own walls: ``als.web``'s modules share ``als.web._common``, and
+``als.web.django`` drives Django's async chain with ``als._context``'s
+``ContextCoroutine``, as ``AsyncLocalStorage.run`` does, but in a context it
+keeps for the response's later steps.
 
 Private standard-library parts als relies on, each checked on CPython 3.10
 to 3.15 by the test suite on every interpreter CI runs. ``als.patch()``
@@ -32,6 +36,11 @@ store is missing, never another request's):
 * Celery (``als.celery``): ``app.amqp.send_task_message`` and the
   ``_create_task_sender`` that makes it, and ``app.Task``; checked with
   Celery 5.7 by the tests against real workers.
+* Django (``als.web.django``): ``django.utils.log.log_response``, which
+  marks the response it logs so that Django skips it later; the
+  ``request.headers`` cached property (dropped from ``request.__dict__``
+  when the id replaces the header); ``HttpResponseBase.close`` replaced on
+  the instance. Checked with Django 5.2 and 6.1 under gunicorn and uvicorn.
 * ``Logger.makeRecord``'s code object and its caller's frame
   (``sys._getframe``): ``als.logging`` lets ``extra=`` win over its field.
 """
