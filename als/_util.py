@@ -36,6 +36,16 @@ store is missing, never another request's):
 * Celery (``als.celery``): ``app.amqp.send_task_message`` and the
   ``_create_task_sender`` that makes it, and ``app.Task``; checked with
   Celery 5.7 by the tests against real workers.
+* aiohttp's ``ClientRequest.send`` (``als.web.outgoing.forward``): not
+  documented; every ``ClientSession`` request, redirect and retry passes
+  through it with its final headers. ``forward()`` checks that it exists
+  and is a coroutine function before it hooks anything (a ``RuntimeError``
+  naming it otherwise). Its other hook points are public:
+  ``http.client.HTTPConnection``'s ``putrequest``, ``putheader`` and
+  ``endheaders`` (which ``urllib3`` 2's connections inherit and call), and
+  ``httpx``'s ``Client.send`` and ``AsyncClient.send``. Checked with
+  aiohttp 3.14, httpx 0.28, urllib3 2.8 and requests 2.34 by the tests
+  against a real server.
 * Django (``als.web.django``): ``django.utils.log.log_response``, which
   marks the response it logs so that Django skips it later; the
   ``request.headers`` cached property (dropped from ``request.__dict__``
@@ -43,6 +53,11 @@ store is missing, never another request's):
   the instance. Checked with Django 5.2 and 6.1 under gunicorn and uvicorn.
 * ``Logger.makeRecord``'s code object and its caller's frame
   (``sys._getframe``): ``als.logging`` lets ``extra=`` win over its field.
+* aiohttp (``als.web.aiohttp``): a request's ``_message`` (a
+  ``RawRequestMessage``, ``_replace``-d) and ``_headers``, set on a
+  ``clone()`` only when ``clone(headers=...)`` cannot re-encode another
+  header that is not UTF-8; checked with aiohttp 3.14 by the tests against
+  a real server.
 """
 
 from __future__ import annotations

@@ -37,7 +37,7 @@ from django.test import AsyncClient, Client, override_settings  # noqa: E402
 
 import als  # noqa: E402
 from als.logging import ContextFilter  # noqa: E402
-from als.web.django import SETTING, RequestIdMiddleware  # noqa: E402
+from als.web.django import RequestIdMiddleware  # noqa: E402
 
 from .django_project import views  # noqa: E402
 from .django_project.context import request_id as storage  # noqa: E402
@@ -137,9 +137,9 @@ BAD_SETTINGS = [
 
 @pytest.mark.parametrize(("value", "message"), BAD_SETTINGS)
 def test_a_bad_setting_is_improperly_configured_at_start_up(value: object, message: str) -> None:
-    with override_settings(**{SETTING: value}):
+    with override_settings(ALS_REQUEST_ID=value):
         if value is None:
-            delattr(settings, SETTING)  # undone with the override
+            delattr(settings, "ALS_REQUEST_ID")  # undone with the override
         with pytest.raises(ImproperlyConfigured, match=re.escape(message)):
             RequestIdMiddleware(get_response)
         # Django makes its middleware when a handler starts: the first request of a new client.
@@ -154,7 +154,7 @@ def test_get_response_must_be_callable() -> None:
 
 def test_paths_and_objects_are_both_accepted() -> None:
     options = {"storage": storage, "generator": "als.web.new_request_id", "validator": str.isdigit}
-    with override_settings(**{SETTING: options}):
+    with override_settings(ALS_REQUEST_ID=options):
         middleware = RequestIdMiddleware(get_response)
     assert middleware.storage is storage
     assert middleware.header == "X-Request-ID"
@@ -198,7 +198,7 @@ def test_a_missing_id_is_made_and_a_repeated_one_replaced(lines: list[str]) -> N
 
 def test_reject_mode_answers_400_under_a_new_id_without_calling_the_view(lines: list[str]) -> None:
     options = {"storage": "tests.django_project.context.request_id", "on_invalid": "reject"}
-    with override_settings(**{SETTING: options}):
+    with override_settings(ALS_REQUEST_ID=options):
         client = Client()
         refused = client.get("/ok/t5", HTTP_X_REQUEST_ID="not valid!")
         kept = client.get("/ok/t6", HTTP_X_REQUEST_ID=UUID)

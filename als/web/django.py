@@ -5,7 +5,7 @@ Configured in settings::
     MIDDLEWARE = ["als.web.django.RequestIdMiddleware", ...]  # first: outermost
     ALS_REQUEST_ID = {"storage": "myproject.context.request_id"}
 
-``SETTING`` is that dict's name, ``"ALS_REQUEST_ID"``. Importing this module imports Django (and asgiref, which Django requires);
+Importing this module imports Django (and asgiref, which Django requires);
 importing ``als.web`` does not.
 """
 
@@ -28,10 +28,9 @@ from als._context import ContextCoroutine
 
 from ._common import Policy
 
-__all__ = ["RequestIdMiddleware", "SETTING"]
+__all__ = ["RequestIdMiddleware"]
 
-SETTING = "ALS_REQUEST_ID"
-"""The name of the settings dict ``RequestIdMiddleware`` reads."""
+_SETTING = "ALS_REQUEST_ID"  # the name of the settings dict RequestIdMiddleware reads
 
 # The options of the dict; each as als.web's middlewares take it. Dotted paths are imported.
 _IMPORTED = ("storage", "generator", "validator")
@@ -39,28 +38,28 @@ _OPTIONS = frozenset({*_IMPORTED, "header", "trust_incoming", "on_invalid"})
 
 
 def _label(name: str) -> str:
-    return f"settings.{SETTING}[{name!r}]"
+    return f"settings.{_SETTING}[{name!r}]"
 
 
 def _configured() -> dict[str, Any]:
     """The settings dict as ``Policy``'s keyword arguments, dotted paths imported."""
-    options = getattr(conf.settings, SETTING, None)
+    options = getattr(conf.settings, _SETTING, None)
     if options is None:
         raise ImproperlyConfigured(
-            f"als.web.django.RequestIdMiddleware needs settings.{SETTING},"
+            f"als.web.django.RequestIdMiddleware needs settings.{_SETTING},"
             ' a dict with at least "storage": an AsyncLocalStorage or the dotted path to one'
         )
     if not isinstance(options, dict):
-        raise ImproperlyConfigured(f"settings.{SETTING} must be a dict, not {type(options).__name__}")
+        raise ImproperlyConfigured(f"settings.{_SETTING} must be a dict, not {type(options).__name__}")
     unknown = sorted(map(repr, options.keys() - _OPTIONS))
     if unknown:
         raise ImproperlyConfigured(
-            f"settings.{SETTING} has unknown keys {', '.join(unknown)};"
+            f"settings.{_SETTING} has unknown keys {', '.join(unknown)};"
             f" the keys are {', '.join(sorted(_OPTIONS))}"
         )
     if "storage" not in options:
         raise ImproperlyConfigured(
-            f'settings.{SETTING} needs "storage": an AsyncLocalStorage or the dotted path to one'
+            f'settings.{_SETTING} needs "storage": an AsyncLocalStorage or the dotted path to one'
         )
     resolved = dict(options)
     for name in _IMPORTED:
