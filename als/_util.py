@@ -36,15 +36,17 @@ store is missing, never another request's):
 * Celery (``als.celery``): ``app.amqp.send_task_message`` and the
   ``_create_task_sender`` that makes it, and ``app.Task``; checked with
   Celery 5.7 by the tests against real workers.
-* aiohttp's ``ClientRequest.send`` (``als.web.outgoing.forward``): not
-  documented; every ``ClientSession`` request, redirect and retry passes
-  through it with its final headers. ``forward()`` checks that it exists
-  and is a coroutine function before it hooks anything (a ``RuntimeError``
-  naming it otherwise). Its other hook points are public:
-  ``http.client.HTTPConnection``'s ``putrequest``, ``putheader`` and
-  ``endheaders`` (which ``urllib3`` 2's connections inherit and call), and
-  ``httpx``'s ``Client.send`` and ``AsyncClient.send``. Checked with
-  aiohttp 3.14, httpx 0.28, urllib3 2.8 and requests 2.34 by the tests
+* HTTP clients (``als.web.outgoing.forward``): aiohttp's
+  ``ClientRequest.send``, not documented, which every ``ClientSession``
+  request, redirect and retry passes through with its final headers; and
+  ``http.client.HTTPConnection._buffer``, the header lines put so far
+  (bytes, ``b"Name: value"``, after the request line), read by its hook on
+  the public ``endheaders`` (which ``urllib3`` 2's connections inherit)
+  to tell whether the caller put the header, once per request instead of a
+  wrapper on every ``putheader``. ``forward()`` checks that both exist
+  (the first a coroutine function, the second a list) before it hooks
+  anything, a ``RuntimeError`` naming the missing one otherwise. Checked
+  with aiohttp 3.14, httpx 0.28, urllib3 2.8 and requests 2.34 by the tests
   against a real server.
 * Django (``als.web.django``): ``django.utils.log.log_response``, which
   marks the response it logs so that Django skips it later; the

@@ -13,6 +13,7 @@ from typing import Any
 import als
 
 from ._harness import Group, Variant
+from .outgoing import outgoing_groups
 from .processes import process_groups
 from .web import web_groups
 
@@ -456,4 +457,5 @@ GROUPS: dict[str, Callable[[], list[Group]]] = {
     "patch": patched_hops,
     "web": web_groups,
     "processes": process_groups,
+    "outgoing": outgoing_groups,
 }

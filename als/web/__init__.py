@@ -19,19 +19,32 @@ Invariants:
 * Bad configuration fails at construction; a bad id from a custom generator
   fails the request with an error naming the generator, never its value.
 
+``forward(storage)`` does the other half: every outgoing HTTP request the
+process sends under a request carries the id on to the next service.
+
 The package: ``als.web.wsgi`` (``WSGIRequestId``), ``als.web.asgi``
-(``ASGIRequestId``), ``als.web.django`` (a Django ``MIDDLEWARE`` entry) and
-``als.web.aiohttp`` (an aiohttp middleware), the last two imported only when
-asked for. Importing ``als.web`` imports no framework.
+(``ASGIRequestId``), ``als.web.outgoing`` (``forward`` and one-client
+helpers for httpx, requests and aiohttp), ``als.web.django`` (a Django
+``MIDDLEWARE`` entry) and ``als.web.aiohttp`` (an aiohttp middleware), the
+last two imported only when asked for. Importing ``als.web`` imports no
+framework and no HTTP client.
 """
 
 from ._common import is_safe_header_value, is_valid_request_id, new_request_id
 from .asgi import ASGIRequestId
+from .outgoing import forward
 from .wsgi import WSGIRequestId
 
-__all__ = ["ASGIRequestId", "WSGIRequestId", "is_safe_header_value", "is_valid_request_id", "new_request_id"]
+__all__ = [
+    "ASGIRequestId",
+    "WSGIRequestId",
+    "forward",
+    "is_safe_header_value",
+    "is_valid_request_id",
+    "new_request_id",
+]
 
 # help(), reprs and pickles show the public path, not the module each is defined in.
-for _public in (ASGIRequestId, WSGIRequestId, is_safe_header_value, is_valid_request_id, new_request_id):
-    _public.__module__ = __name__
-del _public
+for _name in __all__:
+    globals()[_name].__module__ = __name__
+del _name
