@@ -28,13 +28,15 @@ What is sent, everywhere:
   taken for the caller's.
 
 Importing this module imports no client library: each is imported only by
-the helper made for it, and ``forward()`` hooks the ones already imported.
+the helper made for it, or by ``forward()``, which imports httpx and aiohttp
+if they are installed, to hook them.
 """
 
 from __future__ import annotations
 
 import functools
 import importlib
+import importlib.util
 import inspect
 import sys
 from collections.abc import Callable
@@ -357,18 +359,32 @@ def _http_client_lines() -> bool:
     return isinstance(getattr(HTTPConnection("localhost"), "_buffer", None), list)
 
 
+def _installed(name: str) -> Any:
+    """The module ``name``, imported now if it is installed and not yet imported; None if it is not installed.
+
+    One that is installed but fails to import is left alone: nothing can send through it.
+    """
+    module = sys.modules.get(name)
+    if module is None and importlib.util.find_spec(name) is not None:
+        try:
+            module = importlib.import_module(name)
+        except ImportError:
+            return None
+    return module
+
+
 def _targets() -> list[tuple[str, object, str, _Make, bool]]:
     """(label, owner or None, attribute, hook maker, whether async) for every client hooked now."""
     targets: list[tuple[str, object, str, _Make, bool]] = [
         ("http.client.HTTPConnection", HTTPConnection, "endheaders", _endheaders, False),
     ]
-    httpx = sys.modules.get("httpx")
+    httpx = _installed("httpx")
     if httpx is not None:
         targets.append(("httpx.Client", getattr(httpx, "Client", None), "send", _httpx_send, False))
         targets.append(
             ("httpx.AsyncClient", getattr(httpx, "AsyncClient", None), "send", _httpx_async_send, True)
         )
-    aiohttp = sys.modules.get("aiohttp")
+    aiohttp = _installed("aiohttp")
     if aiohttp is not None:
         targets.append(
             ("aiohttp.ClientRequest", getattr(aiohttp, "ClientRequest", None), "send", _aiohttp_send, True)
@@ -466,11 +482,10 @@ def forward(storage: AsyncLocalStorage[Any], header: str = "X-Request-ID") -> Ca
       redirect and retry goes through with its final headers (an undocumented
       method: see ``als._util``). A proxy's ``CONNECT`` carries no id.
 
-    httpx and aiohttp are hooked only if they are imported when ``forward()``
-    runs: it imports neither (an application that has them installed but
-    does not use them would pay for their import). Call it once the
-    application has imported its clients; another ``forward()`` call hooks
-    the ones imported since.
+    httpx and aiohttp, if installed, are imported by ``forward()`` and
+    hooked then, so the order of imports does not matter: a client imported
+    after ``forward()`` is covered too. (The ``http.client`` ones are
+    covered whenever they are imported.)
 
     Several forwards may be active at once, of different storages or
     headers, each undone by its own ``undo``. Two that send the same header
