@@ -8,11 +8,13 @@ concurrent requests of every kind; every response and every line of every reques
 
 from __future__ import annotations
 
+import ast
 import asyncio
 import contextlib
 import io
 import logging
 import os
+import pickle
 import re
 import uuid
 from collections.abc import Iterator
@@ -132,6 +134,10 @@ BAD_SETTINGS = [
     pytest.param({"storage": S, "on_invalid": "drop"}, "must be 'replace' or", id="on-invalid"),
     pytest.param({"storage": S, "generator": "os.sep"}, "['generator'] must be callable", id="generator"),
     pytest.param({"storage": S, "validator": 3}, "['validator'] must be callable", id="validator"),
+    pytest.param({"storage": ".request_id"}, "['storage'] = '.request_id' cannot be imported", id="relative"),
+    pytest.param(
+        {"storage": S, "header": "Content-Type"}, "must not be a header HTTP itself uses", id="http-own"
+    ),
 ]
 
 
@@ -145,6 +151,14 @@ def test_a_bad_setting_is_improperly_configured_at_start_up(value: object, messa
         # Django makes its middleware when a handler starts: the first request of a new client.
         with pytest.raises(ImproperlyConfigured, match=re.escape(message)):
             Client().get("/ok/config")
+
+
+def test_a_storage_module_that_fails_to_import_shows_its_own_error() -> None:
+    with (
+        override_settings(ALS_REQUEST_ID={"storage": "tests.django_project.broken.request_id"}),
+        pytest.raises(RuntimeError, match="the storage module itself is broken"),
+    ):
+        RequestIdMiddleware(get_response)
 
 
 def test_get_response_must_be_callable() -> None:
@@ -198,7 +212,16 @@ def test_a_missing_id_is_made_and_a_repeated_one_replaced(lines: list[str]) -> N
 
 def test_reject_mode_answers_400_under_a_new_id_without_calling_the_view(lines: list[str]) -> None:
     options = {"storage": "tests.django_project.context.request_id", "on_invalid": "reject"}
-    with override_settings(ALS_REQUEST_ID=options):
+    records_requests: list[HttpRequest] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            records_requests.append(record.__dict__["request"])
+
+    keep = Keep()
+    logging.getLogger("django.request").addHandler(keep)
+    with override_settings(ALS_REQUEST_ID=options), contextlib.ExitStack() as stack:
+        stack.callback(logging.getLogger("django.request").removeHandler, keep)
         client = Client()
         refused = client.get("/ok/t5", HTTP_X_REQUEST_ID="not valid!")
         kept = client.get("/ok/t6", HTTP_X_REQUEST_ID=UUID)
@@ -212,6 +235,10 @@ def test_reject_mode_answers_400_under_a_new_id_without_calling_the_view(lines: 
         f"{fresh}|django.request|Bad Request: /ok/t5"
     ]
     assert f"{fresh}|tests.django|untagged finished" in lines
+    # What reads the request (the record's request=, an error reporter) sees the new id, never the raw one.
+    [record_request] = records_requests
+    assert record_request.META["HTTP_X_REQUEST_ID"] == fresh
+    assert record_request.headers["X-Request-ID"] == fresh
     assert not any("t5 view" in line for line in lines)
     assert_nowhere("not valid!", lines)
 
@@ -239,24 +266,137 @@ def test_streaming_chunks_and_close_run_in_the_request_context(lines: list[str])
     assert storage.get_store() is None
 
 
-def test_a_file_response_keeps_its_file_and_closes_under_the_id(lines: list[str]) -> None:
-    """Reading a file runs no app code: the response still streams its file (servers use sendfile); only
-    its close(), which sends request_finished, is run in the request's context."""
+def test_an_os_file_response_keeps_its_file_and_closes_under_the_id(tmp_path: Path, lines: list[str]) -> None:
+    """Reading an OS file runs no app code: the response still streams its file (servers use sendfile);
+    only its close(), which sends request_finished, is run in the request's context."""
+    path = tmp_path / "body.txt"
+    path.write_bytes(b"file body\n")
 
     def file_view(request: HttpRequest) -> FileResponse:
         views.tag.set("t10")
-        return FileResponse(io.BytesIO(b"file body\n"))
+        return FileResponse(path.open("rb"))
 
-    middleware = RequestIdMiddleware(file_view)
-    request = HttpRequest()
-    request.META["HTTP_X_REQUEST_ID"] = UUID
-    response = middleware(request)
+    response = RequestIdMiddleware(file_view)(request_with(UUID))
     assert isinstance(response, FileResponse)
     assert response.file_to_stream is not None
     assert b"".join(response.streaming_content) == b"file body\n"
     response.close()
     assert lines == [f"{UUID}|tests.django|t10 finished"]
     assert storage.get_store() is None
+
+
+class Reader(io.RawIOBase):
+    """A file-like object whose reads run code (a decrypting or remote reader): no fileno()."""
+
+    def __init__(self) -> None:
+        self.chunks = [b"one\n", b"two\n"]
+
+    def readable(self) -> bool:
+        return True
+
+    def read(self, size: int = -1) -> bytes:
+        views.log.info("%s read", views.tag.get())
+        return self.chunks.pop(0) if self.chunks else b""
+
+
+def test_a_file_like_response_reads_under_the_id(lines: list[str]) -> None:
+    def file_view(request: HttpRequest) -> FileResponse:
+        views.tag.set("t11")
+        return FileResponse(Reader())
+
+    response = RequestIdMiddleware(file_view)(request_with(UUID))
+    assert b"".join(response.streaming_content) == b"one\ntwo\n"
+    response.close()
+    assert by_tag(lines)["t11"] == [(UUID, "read")] * 3 + [(UUID, "finished")]
+
+
+def request_with(incoming: str | None) -> HttpRequest:
+    request = HttpRequest()
+    request.method = "GET"
+    if incoming is not None:
+        request.META["HTTP_X_REQUEST_ID"] = incoming
+    return request
+
+
+def test_a_response_served_twice_closes_in_each_requests_context(lines: list[str]) -> None:
+    shared = HttpResponse("the same object each time\n")
+
+    def view(request: HttpRequest) -> HttpResponse:
+        views.tag.set("t12")
+        return shared
+
+    middleware = RequestIdMiddleware(view)
+    for incoming in ("first-id", "second-id"):
+        assert middleware(request_with(incoming)) is shared
+        shared.close()
+    assert lines == ["first-id|tests.django|t12 finished", "second-id|tests.django|t12 finished"]
+
+
+def test_a_wrapper_set_on_the_response_before_ours_still_runs(lines: list[str]) -> None:
+    calls: list[object] = []
+
+    def view(request: HttpRequest) -> HttpResponse:
+        response = HttpResponse("ok\n")
+        plain = response.close
+
+        def close() -> None:
+            calls.append(storage.get_store())
+            plain()
+
+        response.close = close  # type: ignore[method-assign]
+        return response
+
+    RequestIdMiddleware(view)(request_with(UUID)).close()
+    assert calls == [UUID]
+
+
+def test_the_response_pickles_as_a_plain_one() -> None:
+    """Django's cache pickles responses; what it gets back closes as any response does."""
+    response = RequestIdMiddleware(get_response)(request_with(UUID))
+    copy = pickle.loads(pickle.dumps(response))
+    assert copy.headers["X-Request-ID"] == UUID
+    copy.close()
+    assert copy.closed
+
+
+CACHED = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache", "LOCATION": "als-tests"}}
+
+
+def test_under_djangos_cache_middleware_each_hit_gets_its_own_id(lines: list[str]) -> None:
+    """UpdateCacheMiddleware first, as Django asks: the response is cached (pickled), and a hit served
+    from the cache goes out with the id of the request it answers."""
+    middleware = [
+        "django.middleware.cache.UpdateCacheMiddleware",
+        "als.web.django.RequestIdMiddleware",
+        "django.middleware.cache.FetchFromCacheMiddleware",
+    ]
+    with override_settings(CACHES=CACHED, MIDDLEWARE=middleware):
+        client = Client()
+        first = client.get("/cached/t13", HTTP_X_REQUEST_ID="first-id")
+        hit = client.get("/cached/t13", HTTP_X_REQUEST_ID="second-id")
+    assert first.status_code == hit.status_code == 200
+    assert hit.content == first.content  # from the cache: the view ran once
+    assert first.headers["X-Request-ID"] == "first-id"
+    assert hit.headers["X-Request-ID"] == "second-id"
+
+
+def test_requests_share_the_threads_cache_backend() -> None:
+    """Each request's context is a copy, but Django's cache backends (an asgiref Local, copied on write)
+    are made in the thread's own context first: three requests, one backend, as without the middleware."""
+    with override_settings(CACHES=CACHED):
+        client = Client()
+        seen = {client.get(f"/cache_object/t14-{n}").content for n in range(3)}
+    assert len(seen) == 1
+
+
+def test_under_asgi_the_scope_holds_the_id_not_the_raw_value() -> None:
+    async def main() -> bytes:
+        response = await AsyncClient().get("/scope_header/t15", headers={"X-Request-ID": "not valid!"})
+        return response.content
+
+    body = asyncio.run(main())
+    [fresh] = ast.literal_eval(body.decode())
+    assert FRESH(fresh)
 
 
 def test_the_async_chain_and_its_stream_run_under_the_id(lines: list[str]) -> None:

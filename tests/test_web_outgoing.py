@@ -956,6 +956,7 @@ class TestForward:
                 r"forward\(\) argument 'header' must be a valid HTTP header name",
             ),
             (lambda s: forward(s, "X-Id:"), ValueError, "valid HTTP header name"),
+            (lambda s: forward(s, "Transfer-Encoding"), ValueError, "must not be a header HTTP itself uses"),
             (
                 lambda s: httpx_event_hooks(None),
                 TypeError,

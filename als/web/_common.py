@@ -18,6 +18,9 @@ _App = TypeVar("_App", bound=Callable[..., Any])
 _VALID_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}").fullmatch
 # The floor under every validator and generator: printable ASCII, no space at either end, 1024 at most.
 _SAFE_VALUE = re.compile(r"[\x21-\x7e](?:[\x20-\x7e]{0,1022}[\x21-\x7e])?").fullmatch
+# Names whose values HTTP or the gateway interfaces give a meaning of their own (WSGI keeps two of them
+# out of the HTTP_ keys): an id under one would be lost on the way in and break the response.
+_HTTP_OWN = frozenset({"connection", "content-length", "content-type", "host", "transfer-encoding"})
 # RFC 9110 token.
 _HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+").fullmatch
 
@@ -50,6 +53,20 @@ def new_request_id() -> str:
     return os.urandom(16).hex()
 
 
+def check_header(label: str, header: object) -> None:
+    """Raise unless ``header`` (named ``label`` in the error) can name an id's header."""
+    if not isinstance(header, str):
+        raise TypeError(f"{label} must be str, not {type(header).__name__}")
+    if _HEADER_NAME(header) is None:
+        raise ValueError(
+            f"{label} must be a valid HTTP header name (letters, digits and !#$%&'*+-.^_`|~), got {header!r}"
+        )
+    if header.lower() in _HTTP_OWN:
+        raise ValueError(
+            f"{label} must not be a header HTTP itself uses ({', '.join(sorted(_HTTP_OWN))}), got {header!r}"
+        )
+
+
 def argument(function: str) -> Callable[[str], str]:
     """How errors name ``function``'s arguments: ``"WSGIRequestId() argument 'header'"``."""
     return lambda name: f"{function}() argument {name!r}"
@@ -77,13 +94,7 @@ class Policy:
     ) -> None:
         if not isinstance(storage, AsyncLocalStorage):
             raise TypeError(f"{label('storage')} must be an AsyncLocalStorage, not {type(storage).__name__}")
-        if not isinstance(header, str):
-            raise TypeError(f"{label('header')} must be str, not {type(header).__name__}")
-        if _HEADER_NAME(header) is None:
-            raise ValueError(
-                f"{label('header')} must be a valid HTTP header name"
-                f" (letters, digits and !#$%&'*+-.^_`|~), got {header!r}"
-            )
+        check_header(label("header"), header)
         if not isinstance(trust_incoming, bool):
             raise TypeError(f"{label('trust_incoming')} must be bool, not {type(trust_incoming).__name__}")
         for name, value in (("generator", generator), ("validator", validator)):

@@ -46,7 +46,7 @@ from typing import Any
 from als import AsyncLocalStorage
 from als._util import ForkSafeLock, wrong_type
 
-from ._common import _HEADER_NAME, _SAFE_VALUE
+from ._common import _SAFE_VALUE, check_header
 
 __all__ = [
     "aiohttp_trace_config",
@@ -65,13 +65,7 @@ class _Forward:
     def __init__(self, function: str, storage: AsyncLocalStorage[Any], header: str) -> None:
         if not isinstance(storage, AsyncLocalStorage):
             raise wrong_type(function, "storage", "an AsyncLocalStorage", storage)
-        if not isinstance(header, str):
-            raise wrong_type(function, "header", "str", header)
-        if _HEADER_NAME(header) is None:
-            raise ValueError(
-                f"{function}() argument 'header' must be a valid HTTP header name"
-                f" (letters, digits and !#$%&'*+-.^_`|~), got {header!r}"
-            )
+        check_header(f"{function}() argument 'header'", header)
         self.get: Callable[[], object] = storage.get_store  # stays right after disable()
         default = storage.default
         # "" never passes the floor, so it stands for a default that is no str.

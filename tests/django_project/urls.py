@@ -16,5 +16,8 @@ urlpatterns = [
         views.missing,
         views.gone,
         views.own_header,
+        views.cached,
+        views.cache_object,
+        views.scope_header,
     )
 ]

@@ -6,8 +6,10 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 from asgiref.sync import async_to_sync, sync_to_async
+from django.core.cache import caches
 from django.core.signals import request_finished
 from django.http import Http404, HttpRequest, HttpResponse, StreamingHttpResponse
 
@@ -111,3 +113,26 @@ def _finished(sender: object, **kwargs: object) -> None:
 
 
 request_finished.connect(_finished, dispatch_uid="als-tests-finished")
+
+
+_served = iter(range(1_000_000))
+
+
+def cached(request: HttpRequest, name: str) -> HttpResponse:
+    """Cacheable (a plain 200 to a GET): its body counts the times the view itself ran."""
+    _start(request, name)
+    return HttpResponse(f"served {next(_served)}\n", content_type="text/plain")
+
+
+def cache_object(request: HttpRequest, name: str) -> HttpResponse:
+    """The identity of the default cache backend, as this request sees it."""
+    _start(request, name)
+    return HttpResponse(str(id(caches["default"])), content_type="text/plain")
+
+
+def scope_header(request: HttpRequest, name: str) -> HttpResponse:
+    """Under ASGI: the id header's values in the scope Django's request holds."""
+    _start(request, name)
+    scope: Any = getattr(request, "scope", {})
+    values = [value.decode("latin-1") for key, value in scope.get("headers", ()) if key == b"x-request-id"]
+    return HttpResponse(repr(values), content_type="text/plain")
