@@ -3,9 +3,9 @@
 This is the only module whose private names cross into other modules, and
 the only one that needs no other part of als. Two exceptions, each within a
 package's own walls: ``als.web``'s modules share ``als.web._common``, and
-``als.web.django`` drives Django's async chain with ``als._context``'s
-``ContextCoroutine``, as ``AsyncLocalStorage.run`` does, but in a context it
-keeps for the response's later steps.
+``als.web.asgi`` and ``als.web.django`` drive the app with ``als._context``'s
+``ContextCoroutine``, as ``AsyncLocalStorage.run`` does, in a context they
+make themselves (Django's, kept for the response's later steps).
 
 Private standard-library parts als relies on, each checked on CPython 3.10
 to 3.15 by the test suite on every interpreter CI runs. ``als.patch()``

@@ -13,6 +13,7 @@ from pathlib import Path
 from ._harness import Result, measure, pin_to_one_cpu
 from .cases import GROUPS
 from .memory import MemoryResult, pending_task_memory
+from .web import against_peer, cpu_per_op_ns
 
 RESULTS = Path(__file__).resolve().parent / "results"
 SETS = [*GROUPS, "memory"]
@@ -55,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
                 f" {target:>7}{_verdict(result.met)}"
             )
 
-    halves = _against_opentelemetry(results)
+    halves = _against_opentelemetry(results) + against_peer(results)
 
     memory = _memory() if "memory" in sets else []
 
@@ -148,9 +149,13 @@ def _payload(results: list[Result], memory: list[MemoryResult], cpu: int | None,
                 "median_ratio": r.ratio,
                 "ratios": r.ratios,
                 "per_op_ns": r.per_op_ns,
+                # per repetition, minus the baseline's time (per_op_ns / ratios)
+                "extra_per_op_ns": [t * (1 - 1 / q) for t, q in zip(r.per_op_ns, r.ratios, strict=True)],
             }
             for r in results
         ],
+        # the web groups' serving processes (the bare app's too): CPU time per request, per repetition
+        "cpu_per_op_ns": cpu_per_op_ns(),
         "memory": [
             {
                 "variant": m.variant,

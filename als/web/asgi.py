@@ -5,8 +5,12 @@ Re-exported by ``als.web``; see ``ASGIRequestId``.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Iterable, MutableMapping
+from collections.abc import Awaitable, Callable, Coroutine, MutableMapping
+from contextvars import copy_context
+from types import CoroutineType
 from typing import Any
+
+from als._context import ContextCoroutine
 
 from ._common import Wrapper
 
@@ -19,6 +23,7 @@ _Message = MutableMapping[str, Any]
 _Receive = Callable[[], Awaitable[_Message]]
 _Send = Callable[[_Message], Awaitable[None]]
 _ASGIApp = Callable[[_Scope, _Receive, _Send], Awaitable[None]]
+_Header = tuple[bytes, bytes]
 
 _WITH_ID = frozenset({"http", "websocket"})
 _STARTS = frozenset({"http.response.start", "websocket.accept", "websocket.http.response.start"})
@@ -29,7 +34,7 @@ class ASGIRequestId(Wrapper[_ASGIApp]):
     """ASGI 3 middleware: each http or websocket request runs under its id, taken from ``header`` when safe.
 
     ``app = ASGIRequestId(app, storage)``. The id is ``storage``'s store (a
-    ``str``) for the whole request: the app is driven by
+    ``str``) for the whole request: the app runs as under
     ``storage.run(id, app, ...)``, so its whole body, every ``receive`` and
     ``send`` it awaits, the tasks it starts, and the work it hands to threads
     through als or through ``anyio.to_thread`` (Starlette's
@@ -95,53 +100,72 @@ class ASGIRequestId(Wrapper[_ASGIApp]):
             return
         name = self._name
         size = len(name)  # bytes.lower() keeps the length: most names are ruled out without it
-        headers: list[tuple[bytes, bytes]] = []
-        value: bytes | None = None
-        count = 0
-        for item in scope["headers"]:
-            if len(item[0]) == size and item[0].lower() == name:
-                value = item[1]
-                count += 1
-            else:
-                headers.append(item)
-        request_id = self._request_id(None if value is None else value.decode("latin-1"), count > 1)
-        if request_id is None:
-            # Under the new id too, like every response the middleware sees:
-            # a server that logs in send() (uvicorn's access log) shows it.
-            refused = self._generate()
-            await self._storage.run(refused, self._bad_request, scope, receive, send, refused)
-            return
+        headers = list(scope["headers"])  # a new list: the server's is not changed
+        found: list[bytes] = []
+        for item in headers:
+            if len(key := item[0]) == size and key.lower() == name:
+                headers, found = _split(headers, name)
+                break
+        if not found:
+            request_id = self._generate()  # what _request_id(None, False) returns, without the call
+        else:
+            value = found[0].decode("latin-1")
+            chosen = self._request_id(value, len(found) > 1)
+            if chosen is None:
+                # Under the new id too, like every response the middleware sees:
+                # a server that logs in send() (uvicorn's access log) shows it.
+                refused = self._generate()
+                await self._storage.run(refused, self._bad_request, scope, receive, send, refused)
+                return
+            request_id = chosen
         ours = (name, request_id.encode("ascii"))
         headers.append(ours)
+        inner = scope.copy() if type(scope) is dict else {**scope}
+        inner["headers"] = headers
         started = False
 
-        async def send_with_id(message: _Message) -> None:
+        # A plain function returning the server's awaitable: no coroutine of ours per message.
+        def send_with_id(message: _Message) -> Awaitable[None]:
             nonlocal started
             if message["type"] in _STARTS:
-                message = {**message, "headers": _replaced(message.get("headers", ()), ours)}
+                kept = list(message.get("headers", ()))
+                for item in kept:
+                    if len(key := item[0]) == size and key.lower() == name:
+                        kept = _split(kept, name)[0]
+                        break
+                kept.append(ours)
+                message = message.copy() if type(message) is dict else {**message}
+                message["headers"] = kept
                 started = True  # not before: headers we cannot read leave the 500 to us
-            await send(message)
+            return send(message)
 
         try:
-            await self._storage.run(
-                request_id, self._app, {**scope, "headers": headers}, receive, send_with_id
-            )
+            # What storage.run(request_id, self._app, ...) does, without its checks of fn and args.
+            context = copy_context()
+            context.run(self._storage.enter_with, request_id)
+            app = context.run(self._app, inner, receive, send_with_id)
+            if type(app) is CoroutineType or isinstance(app, Coroutine):
+                await ContextCoroutine(context, app)
+            else:
+                await app  # another awaitable: only what the call started carries the id, as with run()
         except Exception:
             if kind == "http" and not started:
-                if "app" in scope:
-                    # Inside a framework's app (Starlette and FastAPI name it in the scope before
-                    # their middleware runs, as app.add_middleware places this one): its error
-                    # handling, outside this middleware, answers with the app's own handler. The id
-                    # stays current in this request's task, so that handler's lines carry it.
-                    self._storage.enter_with(request_id)
-                else:
-                    try:
-                        await self._storage.run(
-                            request_id, _respond, send, 500, b"Internal Server Error\n", ours
-                        )
-                    except Exception:
-                        pass  # the app's exception is the one to report
+                await self._failed_before_start(scope, send, request_id, ours)
             raise
+
+    async def _failed_before_start(self, scope: _Scope, send: _Send, request_id: str, ours: _Header) -> None:
+        """The app raised in an http scope before it started a response: a 500, or the framework's turn."""
+        if "app" in scope:
+            # Inside a framework's app (Starlette and FastAPI name it in the scope before
+            # their middleware runs, as app.add_middleware places this one): its error
+            # handling, outside this middleware, answers with the app's own handler. The id
+            # stays current in this request's task, so that handler's lines carry it.
+            self._storage.enter_with(request_id)
+            return
+        try:
+            await self._storage.run(request_id, _respond, send, 500, b"Internal Server Error\n", ours)
+        except Exception:
+            pass  # the app's exception is the one to report
 
     async def _bad_request(self, scope: _Scope, receive: _Receive, send: _Send, request_id: str) -> None:
         ours = (self._name, request_id.encode("ascii"))
@@ -158,17 +182,25 @@ class ASGIRequestId(Wrapper[_ASGIApp]):
             await send({"type": "websocket.close", "code": 1008})
 
 
-def _replaced(headers: Iterable[tuple[bytes, bytes]], ours: tuple[bytes, bytes]) -> list[tuple[bytes, bytes]]:
-    """``headers`` without any entry named as ``ours``, then ``ours``."""
-    name = ours[0]
+def _split(headers: list[_Header], name: bytes) -> tuple[list[_Header], list[bytes]]:
+    """``headers`` without the entries named ``name`` (lower case), and their values, in order.
+
+    The slow path, for a list known to hold one: the callers' own loops rule out the
+    usual case, no such entry, without a call.
+    """
     size = len(name)
-    kept = [item for item in headers if len(item[0]) != size or item[0].lower() != name]
-    kept.append(ours)
-    return kept
+    kept: list[_Header] = []
+    found: list[bytes] = []
+    for item in headers:
+        if len(key := item[0]) == size and key.lower() == name:
+            found.append(item[1])
+        else:
+            kept.append(item)
+    return kept, found
 
 
 async def _respond(
-    send: _Send, status: int, body: bytes, ours: tuple[bytes, bytes], prefix: str = "http.response"
+    send: _Send, status: int, body: bytes, ours: _Header, prefix: str = "http.response"
 ) -> None:
     headers = [_TEXT, (b"content-length", str(len(body)).encode("ascii")), ours]
     await send({"type": f"{prefix}.start", "status": status, "headers": headers})
