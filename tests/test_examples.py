@@ -164,3 +164,12 @@ def test_celery_check_catches_crossed_ids() -> None:
         "order-1: req-b2 | order-1 charged",
         "nightly: req-a1 | nightly charged",
     ]
+
+
+def test_web_frameworks() -> None:
+    """Django and aiohttp each log their requests' ids, return them, and send them on through requests and
+    httpx under forward(); the example checks every line itself."""
+    result = run_example("web_frameworks")
+    assert result.stdout.rstrip().endswith("carry one id"), result.stdout
+    assert "MISMATCH" not in result.stdout
+    assert result.stdout.count("inventory got X-Request-ID: ") == 4

@@ -58,7 +58,11 @@ def test_ci_runs_the_readme_test_command() -> None:
 def test_example_runs_shown_in_the_readme_print_exactly_that() -> None:
     """Each ``$ python examples/<name>.py`` block shows what that example prints, line for line."""
     runs = re.findall(r"```text\n\$ python (examples/\w+\.py)\n(.*?)```", README, re.S)
-    assert [path for path, _ in runs] == ["examples/process_pool.py", "examples/celery_tasks.py"]
+    assert [path for path, _ in runs] == [
+        "examples/web_frameworks.py",
+        "examples/process_pool.py",
+        "examples/celery_tasks.py",
+    ]
     for path, shown in runs:
         result = subprocess.run(
             [sys.executable, str(ROOT / path)], capture_output=True, text=True, timeout=120, check=False
