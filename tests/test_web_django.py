@@ -28,25 +28,34 @@ import httpx
 import pytest
 from asgiref.sync import iscoroutinefunction
 
-os.environ.setdefault("DJANGO_SETTINGS_MODULE", "tests.django_project.settings")
-django.setup()
+# Named for django.setup() only: left in the environment, it would reach every subprocess the suite
+# starts, and Celery, seeing it, would set Django up in its workers (the Celery demo then hangs).
+if "DJANGO_SETTINGS_MODULE" in os.environ:
+    django.setup()
+else:
+    os.environ["DJANGO_SETTINGS_MODULE"] = "tests.django_project.settings"
+    try:
+        django.setup()
+    finally:
+        del os.environ["DJANGO_SETTINGS_MODULE"]
 
-from django.conf import settings  # noqa: E402
-from django.core.exceptions import ImproperlyConfigured  # noqa: E402 - Django needs its settings first
-from django.core.handlers.asgi import ASGIHandler  # noqa: E402
-from django.http import FileResponse, HttpRequest, HttpResponse  # noqa: E402
-from django.test import AsyncClient, Client, override_settings  # noqa: E402
+# Imported once Django has its settings.
+from django.conf import settings
+from django.core.exceptions import ImproperlyConfigured
+from django.core.handlers.asgi import ASGIHandler
+from django.http import FileResponse, HttpRequest, HttpResponse
+from django.test import AsyncClient, Client, override_settings
 
-import als  # noqa: E402
-from als.logging import ContextFilter  # noqa: E402
-from als.web.django import RequestIdMiddleware  # noqa: E402
+import als
+from als.logging import ContextFilter
+from als.web.django import RequestIdMiddleware
 
-from .django_project import views  # noqa: E402
-from .django_project.context import request_id as storage  # noqa: E402
-from .django_project.logs import OneLine  # noqa: E402
-from .test_web import HOSTILE, UUID, assert_nowhere  # noqa: E402
-from .test_web_asgi_servers import serving  # noqa: E402
-from .test_web_wsgi_servers import gunicorn_serving  # noqa: E402
+from .django_project import views
+from .django_project.context import request_id as storage
+from .django_project.logs import OneLine
+from .test_web import HOSTILE, UUID, assert_nowhere
+from .test_web_asgi_servers import serving
+from .test_web_wsgi_servers import gunicorn_serving
 
 NAME = "X-Request-ID"
 FRESH = re.compile(r"[0-9a-f]{32}").fullmatch
