@@ -55,6 +55,8 @@ def test_a_fork_waits_for_another_threads_critical_section() -> None:
 
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+# 3.12+ warns on any fork() with other threads alive: a thread another test left, or pytest-xdist's own.
+@pytest.mark.filterwarnings("ignore:This process .* is multi-threaded:DeprecationWarning")
 def test_a_fork_with_the_lock_free_leaves_it_free_in_both_processes() -> None:
     """No holder: the fork takes and gives back the lock; the child can take it, the parent too."""
     lock = ForkSafeLock()
