@@ -8,6 +8,7 @@ import concurrent.futures.thread
 import contextlib
 import importlib.util
 import json
+import logging
 import multiprocessing.pool
 import subprocess
 import sys
@@ -18,6 +19,9 @@ from types import ModuleType
 from typing import Any, NoReturn
 
 import pytest
+
+from als import AsyncLocalStorage
+from als.logging import install_record_factory
 
 # Generous: only a deadlock ever waits this long. Ordering never relies on time.
 TIMEOUT = 10.0
@@ -239,3 +243,34 @@ def load_example(name: str) -> ModuleType:
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+@contextlib.contextmanager
+def every_record(
+    handler: logging.Handler, storage: AsyncLocalStorage[Any], loggers: Iterable[str]
+) -> Iterator[None]:
+    """``handler`` on the root logger at INFO, ``loggers`` propagating to it (enabled, level NOTSET), and
+    ``%(request_id)s`` in every record (``install_record_factory``); all of it undone after."""
+    root = logging.getLogger()
+    saved = [
+        (logger, logger.level, logger.propagate, logger.disabled)
+        for logger in map(logging.getLogger, loggers)
+    ]
+    root_level = root.level
+    undo = install_record_factory(storage, field="request_id", default="-")
+    for logger, _, _, _ in saved:
+        logger.setLevel(logging.NOTSET)
+        logger.propagate = True
+        logger.disabled = False
+    root.addHandler(handler)
+    root.setLevel(logging.INFO)
+    try:
+        yield
+    finally:
+        root.removeHandler(handler)
+        root.setLevel(root_level)
+        for logger, level, propagate, disabled in saved:
+            logger.setLevel(level)
+            logger.propagate = propagate
+            logger.disabled = disabled
+        undo()

@@ -31,11 +31,10 @@ import pytest
 from aiohttp import web
 
 import als
-from als.logging import install_record_factory
 from als.web import is_valid_request_id
 from als.web.aiohttp import RequestIdMiddleware, request_id_middleware, setup
 
-from .helpers import TIMEOUT, Worker, join_all
+from .helpers import TIMEOUT, Worker, every_record, join_all
 from .test_web import HOSTILE, NGINX, UUID, assert_nowhere
 
 storage: als.AsyncLocalStorage[str] = als.AsyncLocalStorage(name="aiohttp-request-id")
@@ -301,30 +300,9 @@ class Records(logging.Handler):
 def records() -> Iterator[Records]:
     """``%(request_id)s`` in every record, all of them kept; undone after."""
     handler = Records()
-    root = logging.getLogger()
-    saved = [
-        (logger, logger.level, logger.propagate, logger.disabled)
-        for logger in map(logging.getLogger, LOGGERS)
-    ]
-    root_level = root.level
-    undo = install_record_factory(storage, field="request_id", default="-")
-    for logger, _, _, _ in saved:
-        logger.setLevel(logging.NOTSET)
-        logger.propagate = True
-        logger.disabled = False
-    root.addHandler(handler)
     # Before any connection: aiohttp reads the access logger's level once per connection.
-    root.setLevel(logging.INFO)
-    try:
+    with every_record(handler, storage, LOGGERS):
         yield handler
-    finally:
-        root.removeHandler(handler)
-        root.setLevel(root_level)
-        for logger, level, propagate, disabled in saved:
-            logger.setLevel(level)
-            logger.propagate = propagate
-            logger.disabled = disabled
-        undo()
 
 
 ACCESS_PATH = re.compile(r'"GET (\S+) HTTP/1\.1" (\d+) (\S+)').fullmatch

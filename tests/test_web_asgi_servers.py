@@ -32,10 +32,9 @@ from fastapi.responses import JSONResponse
 from starlette.middleware import Middleware
 
 import als
-from als.logging import install_record_factory
 from als.web import ASGIRequestId, is_valid_request_id
 
-from .helpers import TIMEOUT, Worker, join_all, load_example
+from .helpers import TIMEOUT, Worker, every_record, join_all, load_example
 from .test_web import HOSTILE, NGINX, UUID, assert_nowhere
 
 web_apps = load_example("web_apps")
@@ -179,29 +178,8 @@ def uvicorn_errors(records: list[logging.LogRecord]) -> list[logging.LogRecord]:
 def records() -> Iterator[Records]:
     """``%(request_id)s`` in every record (``install_record_factory``), all of them kept; undone after."""
     handler = Records()
-    root = logging.getLogger()
-    saved = [
-        (logger, logger.level, logger.propagate, logger.disabled)
-        for logger in map(logging.getLogger, LOGGERS)
-    ]
-    root_level = root.level
-    undo = install_record_factory(storage, field="request_id", default="-")
-    for logger, _, _, _ in saved:
-        logger.setLevel(logging.NOTSET)
-        logger.propagate = True
-        logger.disabled = False
-    root.addHandler(handler)
-    root.setLevel(logging.INFO)
-    try:
+    with every_record(handler, storage, LOGGERS):
         yield handler
-    finally:
-        root.removeHandler(handler)
-        root.setLevel(root_level)
-        for logger, level, propagate, disabled in saved:
-            logger.setLevel(level)
-            logger.propagate = propagate
-            logger.disabled = disabled
-        undo()
 
 
 # --- A raw HTTP/1.1 client, for what httpx refuses to send ----------------------------------------
