@@ -19,7 +19,7 @@ from ._patch import is_patched, patch, patched, unpatch
 from ._storage import AsyncLocalStorage, Scope
 from ._threads import ContextThread, ContextTimer
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = [
     "AsyncLocalStorage",
