@@ -41,3 +41,9 @@ __all__ = [
     "unpatch",
     "wrap_executor",
 ]
+
+# help(), reprs and pickles show the public path (als.ContextThread), not the private module each
+# is defined in; inspect.getsource() of a class, which looks in its __module__'s file, is the price.
+for _name in __all__:
+    globals()[_name].__module__ = __name__
+del _name

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.resources
+import pickle
 import pkgutil
 import types
 import typing
@@ -90,8 +91,62 @@ def test_exported_objects_are_from_als_and_documented(name: str) -> None:
         if isinstance(obj, (str, int, float)):  # a constant has no __module__ or __doc__ of its own:
             assert f"``{exported}``" in module.__doc__, exported  # the module's docstring documents it
             continue
-        assert obj.__module__.startswith("als._" if name == "als" else "als."), exported
+        assert obj.__module__ == "als" or obj.__module__.startswith("als."), exported
         assert obj.__doc__, exported
+
+
+def exported_classes_and_functions(name: str) -> list[tuple[str, type | types.FunctionType]]:
+    """(name, object) for each class and function in the module's __all__; nothing else but a
+    constant may be exported."""
+    module = importlib.import_module(name)
+    found = []
+    for exported in module.__all__:
+        obj = getattr(module, exported)
+        if isinstance(obj, (str, int, float)):
+            continue
+        assert isinstance(obj, (type, types.FunctionType)), exported
+        found.append((exported, obj))
+    return found
+
+
+@pytest.mark.parametrize("name", PUBLIC_MODULES)
+def test_exported_objects_report_a_public_module(name: str) -> None:
+    """Each exported class and function reports a public module, as trio's do: the one that exports
+    it or a package above it (``als``, not ``als._threads``; ``als.web``, not ``als.web._common``),
+    which has it under its own name, so help(), reprs and pickles name a path users can import."""
+    for exported, obj in exported_classes_and_functions(name):
+        home = obj.__module__
+        assert not any(part.startswith("_") for part in home.split(".")), (exported, home)
+        assert name == home or name.startswith(f"{home}."), (exported, home)
+        assert obj.__qualname__ == exported
+        assert getattr(importlib.import_module(home), exported) is obj
+
+
+def test_reprs_and_help_show_the_public_path() -> None:
+    """repr() of a class, of a parametrized generic and help()'s heading name ``als.``, no private
+    module."""
+    import pydoc
+
+    assert repr(als.ContextThread) == "<class 'als.ContextThread'>"
+    assert repr(als.ContextThreadPoolExecutor) == "<class 'als.ContextThreadPoolExecutor'>"
+    assert repr(als.AsyncLocalStorage[str]) == "als.AsyncLocalStorage[str]"
+    assert repr(als.Scope[int]) == "als.Scope[int]"
+    for obj in (als.ContextThread, als.Snapshot, als.bind, als.patched):
+        heading = pydoc.render_doc(obj, renderer=pydoc.plaintext).splitlines()[0]
+        assert heading.endswith(" in module als"), heading
+    assert "als._" not in pydoc.render_doc(als.bind, renderer=pydoc.plaintext)
+
+
+@pytest.mark.parametrize("name", PUBLIC_MODULES)
+def test_exported_objects_pickle_by_their_public_path(name: str) -> None:
+    """Classes and functions pickle by reference (``als.run_captured`` sent to a process pool, a
+    class inside a pickled partial): each round-trips to the same object, through its public
+    module's name."""
+    for exported, obj in exported_classes_and_functions(name):
+        data = pickle.dumps(obj)
+        assert pickle.loads(data) is obj, exported
+        assert obj.__module__.encode() in data
+        assert b"._" not in data, exported
 
 
 def test_the_package_binds_nothing_public_but_its_exports() -> None:
