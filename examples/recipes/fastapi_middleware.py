@@ -1,9 +1,10 @@
 """A FastAPI app with ASGIRequestId added through add_middleware, inside FastAPI's error handling.
 
-    uvicorn fastapi_middleware:app --log-config uvicorn_logging.json
-
 Responses carry the id, except the exception handler's 500 (it goes out past the
 middleware); the handler's log lines, and uvicorn's traceback, still carry it.
+Serve it with uvicorn_logging.json's "storage" set to "ext://fastapi_middleware.storage":
+
+    uvicorn fastapi_middleware:app --log-config uvicorn_logging.json
 """
 
 import logging
