@@ -4,13 +4,17 @@ How a block is read, so that nothing is shown that was never run:
 
 - A ``python`` block is a complete program. The ``text`` block right after it is its output
   (stdout and stderr, as a terminal shows them), compared line for line, or as a set of lines
-  when a ``<!-- output: any order -->`` comment stands before the output block (then the
-  numbers of asyncio's worker threads, ``asyncio_N``, and runs of spaces do not count).
+  when a ``<!-- output: any order -->`` comment stands before the output block: then lines of
+  different requests (the word before a line's first ``: ``) may interleave, each request's
+  lines keep their order, and what varies between runs (``VARYING``) and runs of spaces do
+  not count.
   Programs run with threads not inheriting their starter's context, the default of every
   build but the free-threaded one, whatever the test environment's flag.
 - A ``text`` block whose first line is ``$ python examples/<name>.py [args]`` is that example's
-  output. Exact, unless ``<!-- abridged -->`` stands before it: then each shown line, with
-  every run of digits masked, is one of the example's lines, and the last lines agree.
+  output. Exact, unless ``<!-- abridged -->`` stands before it: then the shown lines are printed
+  in that order, with others between where the page has ``...``, and the last lines agree. What
+  varies between runs is masked: ports, random request ids, worker thread numbers (``VARYING``).
+  ``<!-- abridged: any order -->`` drops the order; ``numbers vary`` masks every number as well.
 - A block after ``<!-- file: <path> -->`` is that file of the repository, verbatim; the file is
   run by a test of its own (a test module must name it). A ``python`` one followed by a ``text``
   block is also run here, as a program is.
@@ -26,6 +30,7 @@ from __future__ import annotations
 import ast
 import collections
 import importlib
+import inspect
 import os
 import re
 import shlex
@@ -142,9 +147,27 @@ def run_python(args: list[str], cwd: Path, timeout: float) -> subprocess.Complet
     )
 
 
-def any_order(text: str) -> list[str]:
-    lines = (re.sub(r"asyncio_\d+", "asyncio_N", " ".join(line.split())) for line in text.splitlines())
-    return sorted(line for line in lines if line)
+VARYING = [  # what changes from run to run, masked in abridged and any-order output
+    (re.compile(r"127\.0\.0\.1:\d+"), "127.0.0.1:PORT"),
+    (re.compile(r"\b[0-9a-f]{32}\b"), "ID"),  # new_request_id()
+    (re.compile(r"\b(Thread-|asyncio_|pool_)\d+"), r"\1N"),  # which worker thread
+]
+
+
+def masked(line: str, numbers_vary: bool = False) -> str:
+    line = " ".join(line.split())
+    for pattern, replacement in VARYING:
+        line = pattern.sub(replacement, line)
+    return re.sub(r"\d+", "N", line) if numbers_vary else line
+
+
+def by_request(text: str) -> dict[str, list[str]]:
+    """Lines grouped by their request's id (the word before the first ': '), each group in order."""
+    groups: dict[str, list[str]] = {}
+    for line in filter(None, map(masked, text.splitlines())):
+        key = re.search(r"(\S+): ", line)
+        groups.setdefault(key.group(1) if key else "", []).append(line)
+    return groups
 
 
 @pytest.mark.parametrize(("program", "shown"), PROGRAMS, ids=[program.where for program, _ in PROGRAMS])
@@ -152,16 +175,11 @@ def test_program_prints_what_the_page_shows(program: Block, shown: Block, tmp_pa
     (tmp_path / "program.py").write_text(program.text, encoding="utf-8")
     result = run_python(["program.py"], tmp_path, timeout=60)
     assert result.returncode == 0, result.stdout
-    if shown.marker == "output":
+    if shown.marker == "output":  # requests interleave; each request's own lines keep their order
         assert shown.argument == "any order", shown.where
-        assert any_order(result.stdout) == any_order(shown.text)
+        assert by_request(result.stdout) == by_request(shown.text)
     else:
         assert result.stdout == shown.text
-
-
-def masked(line: str) -> str:
-    """A line with its random request ids (32 hex digits) and then every run of digits masked."""
-    return re.sub(r"\d+", "N", re.sub(r"\b[0-9a-f]{32}\b", "ID", line.rstrip()))
 
 
 @pytest.mark.parametrize("run", RUNS, ids=[run.where for run in RUNS])
@@ -172,12 +190,18 @@ def test_example_prints_what_the_page_shows(run: Block) -> None:
     if run.marker != "abridged":
         assert result.stdout == shown
         return
-    actual = collections.Counter(masked(line) for line in result.stdout.splitlines())
-    wanted = collections.Counter(masked(line) for line in shown.splitlines() if line.strip() != "...")
-    assert wanted - actual == collections.Counter(), "shown but never printed"
-    assert masked(shown.rstrip("\n").rsplit("\n", 1)[-1]) == masked(
-        result.stdout.rstrip("\n").rsplit("\n", 1)[-1]
-    )
+    options = {option.strip() for option in run.argument.split(",") if option.strip()}
+    assert options <= {"any order", "numbers vary"}, run.where
+    actual = [masked(line, "numbers vary" in options) for line in result.stdout.splitlines()]
+    wanted = [masked(line, "numbers vary" in options) for line in shown.splitlines() if line.strip() != "..."]
+    assert wanted[-1] == actual[-1], "the last line shown is not the last line printed"
+    if "any order" in options:
+        missing = collections.Counter(wanted) - collections.Counter(actual)
+        assert not missing, f"shown but never printed: {list(missing)}"
+    else:  # in the order shown, with lines left out where the page has "..."
+        rest = iter(actual)
+        missing = [line for line in wanted if not any(line == printed for printed in rest)]
+        assert not missing, f"shown but not printed in this order: {missing}"
 
 
 @pytest.mark.parametrize("copy", FILES, ids=[copy.where for copy in FILES])
@@ -227,14 +251,25 @@ def slug(heading: str) -> str:
 
 
 def anchors(page: Path) -> set[str]:
+    """Every heading's anchor; a repeated one gets -1, -2, ... as on GitHub."""
     source = FENCE.sub("", page.read_text(encoding="utf-8"))
-    return {slug(match) for match in re.findall(r"^#+ (.*)$", source, re.M)}
+    seen: collections.Counter[str] = collections.Counter()
+    found = set()
+    for heading in re.findall(r"^#+ (.*)$", source, re.M):
+        anchor = slug(heading)
+        found.add(f"{anchor}-{seen[anchor]}" if seen[anchor] else anchor)
+        seen[anchor] += 1
+    return found
 
 
 def links(page: Path) -> list[tuple[str, str]]:
     """(text, target) of every Markdown link and image outside code."""
     source = re.sub(r"`[^`\n]*`", "", FENCE.sub("", page.read_text(encoding="utf-8")))
-    return re.findall(r"(!?\[[^\]]*\])\(([^)\s]+)\)", source)
+    found = re.findall(r"(!?\[[^\]]*\])\(([^)\s]+)\)", source)
+    # A link this cannot read (a title, a space, a reference-style link) would go unchecked: refuse it.
+    assert source.count("](") == len(found), f"{page.name}: a link of a form the test does not read"
+    assert not re.search(r"^\[[^\]]+\]:", source, re.M), f"{page.name}: a reference-style link"
+    return found
 
 
 @pytest.mark.parametrize("page", PAGES, ids=[str(page.relative_to(ROOT)) for page in PAGES])
@@ -282,6 +317,28 @@ def test_api_reference_has_every_public_name() -> None:
     names = set(seen.values())
     assert names - headings == set(), "public names the API reference lacks"
     assert headings - names == set(), "API reference entries that are not public names"
+
+
+def plain_signature(obj: object) -> str:
+    """``obj``'s signature as the reference writes it: no annotations, no ``self``, double quotes."""
+    signature = inspect.signature(obj)
+    parameters = [p.replace(annotation=p.empty) for p in signature.parameters.values() if p.name != "self"]
+    text = str(signature.replace(parameters=parameters, return_annotation=signature.empty))
+    return text.replace("'", '"')
+
+
+def test_api_reference_signatures_are_the_real_ones() -> None:
+    """Each entry written as a call shows exactly the parameters and defaults the code has."""
+    reference = (ROOT / "docs" / "api.md").read_text(encoding="utf-8")
+    entries = re.findall(r"^###(#?) `([\w.]+)(\(.*\))`$", reference, re.M)
+    assert len(entries) > 35
+    for method, name, shown in entries:
+        if method:  # #### `storage.run(...)`: a method of AsyncLocalStorage
+            obj = getattr(importlib.import_module("als").AsyncLocalStorage, name.removeprefix("storage."))
+        else:
+            module, _, attribute = name.rpartition(".")
+            obj = getattr(importlib.import_module(module), attribute)
+        assert shown == plain_signature(obj), name
 
 
 def test_diagram_is_up_to_date() -> None:

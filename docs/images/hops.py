@@ -18,10 +18,18 @@ ROWS = [
     ("await, asyncio tasks, trio nurseries", ("kept", "req-7f3a"), ("kept", "req-7f3a")),
     ("asyncio.to_thread", ("kept", "req-7f3a"), ("kept", "req-7f3a")),
     ("ThreadPoolExecutor.submit / map", ("lost", "None"), ("kept", "req-7f3a")),
-    ("  ... with thread_inherit_context", ("wrong", "req-0001 (the first request's)"), ("kept", "req-7f3a")),
     ("loop.run_in_executor", ("lost", "None"), ("kept", "req-7f3a")),
-    ("threading.Thread, threading.Timer", ("lost", "None"), ("kept", "req-7f3a")),
-    ("Future.add_done_callback", ("wrong", "the completing thread's"), ("kept", "req-7f3a")),
+    (
+        "  ... both, with thread_inherit_context",
+        ("wrong", "req-0001 (the first request's)"),
+        ("kept", "req-7f3a"),
+    ),
+    ("threading.Thread, Timer (flag off)", ("lost", "None"), ("kept", "req-7f3a")),
+    (
+        "Future.add_done_callback",
+        ("wrong", "the completing thread's"),
+        ("kept", "req-7f3a (als's executors)"),
+    ),
     ("process pool, forked worker", ("wrong", "its forker's, for life"), ("kept", "req-7f3a (carry=True)")),
     ("process pool (spawn), Celery, a queue", ("lost", "None"), ("kept", "req-7f3a (carry=True)")),
 ]
