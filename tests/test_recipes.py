@@ -31,6 +31,16 @@ FRESH = re.compile(r"[0-9a-f]{32}").fullmatch
 STOP_WITHIN = 20  # seconds, for each process this module starts
 
 
+# Run a command with Ctrl+C as a terminal delivers it. A command started in the background of a
+# non-interactive shell (as CI may start .ci/run) inherits SIGINT ignored, and Python then installs
+# no KeyboardInterrupt handler: flask run would never stop on it. exec keeps the default.
+DEFAULT_SIGINT = """
+import os, signal, sys
+signal.signal(signal.SIGINT, signal.SIG_DFL)
+os.execv(sys.argv[1], sys.argv[1:])
+"""
+
+
 def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
@@ -59,7 +69,7 @@ def running(
     """
     with output.open("wb") as sink:
         process = subprocess.Popen(
-            command,
+            [sys.executable, "-c", DEFAULT_SIGINT, *command],
             cwd=RECIPES,
             env=clean_env() if env is None else env,
             stdout=sink,
