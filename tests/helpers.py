@@ -13,7 +13,7 @@ import multiprocessing.pool
 import subprocess
 import sys
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from types import ModuleType
 from typing import Any, NoReturn
@@ -243,6 +243,38 @@ def load_example(name: str) -> ModuleType:
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+class Records(logging.Handler):
+    """Every record logged in the process while installed (see ``every_record``); a bounded wait for
+    the ones a server logs after its response."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self._records: list[logging.LogRecord] = []
+        self._arrived = threading.Condition()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        with self._arrived:
+            self._records.append(record)
+            self._arrived.notify_all()
+
+    @property
+    def records(self) -> list[logging.LogRecord]:
+        with self._arrived:
+            return list(self._records)
+
+    def wait_until(self, done: Callable[[list[logging.LogRecord]], bool]) -> list[logging.LogRecord]:
+        """The records, once ``done(records)`` is true; a timeout fails the test naming what arrived."""
+        with self._arrived:
+            if not self._arrived.wait_for(lambda: done(self._records), TIMEOUT):
+                arrived = [(r.name, r.levelname, r.getMessage()[:80]) for r in self._records]
+                pytest.fail(f"timed out after {TIMEOUT} s waiting for log records; these arrived: {arrived}")
+            return list(self._records)
+
+    def texts(self) -> list[str]:
+        """Each record's message."""
+        return [record.getMessage() for record in self.records]
 
 
 @contextlib.contextmanager

@@ -34,6 +34,7 @@ import als
 from als.web import is_valid_request_id
 from als.web.aiohttp import RequestIdMiddleware, request_id_middleware, setup
 
+from . import helpers
 from .helpers import TIMEOUT, Worker, every_record, join_all
 from .test_web import HOSTILE, NGINX, UUID, assert_nowhere
 
@@ -262,36 +263,12 @@ def rejecting() -> Iterator[Served]:
 # --- Log records --------------------------------------------------------------------------------
 
 
-class Records(logging.Handler):
-    """Every record logged in the process while installed; a bounded wait for the ones still to come."""
+class Records(helpers.Records):
+    """The records, and each formatted with its id and logger, tracebacks included."""
 
     def __init__(self) -> None:
-        super().__init__(logging.DEBUG)
-        self._records: list[logging.LogRecord] = []
-        self._arrived = threading.Condition()
+        super().__init__()
         self._format = logging.Formatter("%(request_id)s %(name)s %(message)s")
-
-    def emit(self, record: logging.LogRecord) -> None:
-        with self._arrived:
-            self._records.append(record)
-            self._arrived.notify_all()
-
-    @property
-    def records(self) -> list[logging.LogRecord]:
-        with self._arrived:
-            return list(self._records)
-
-    def wait_until(self, done: Callable[[list[logging.LogRecord]], bool]) -> list[logging.LogRecord]:
-        """The records, once ``done(records)``: aiohttp writes its access line after the response."""
-        with self._arrived:
-            if not self._arrived.wait_for(lambda: done(self._records), TIMEOUT):
-                arrived = [(r.name, r.levelname, r.getMessage()[:80]) for r in self._records]
-                pytest.fail(f"timed out after {TIMEOUT} s waiting for log records; these arrived: {arrived}")
-            return list(self._records)
-
-    def texts(self) -> list[str]:
-        """Each record's message (one line each)."""
-        return [record.getMessage() for record in self.records]
 
     def formatted(self) -> list[str]:
         """Each record formatted, tracebacks included."""

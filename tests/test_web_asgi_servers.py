@@ -34,6 +34,7 @@ from starlette.middleware import Middleware
 import als
 from als.web import ASGIRequestId, is_valid_request_id
 
+from . import helpers
 from .helpers import TIMEOUT, Worker, every_record, join_all, load_example
 from .test_web import HOSTILE, NGINX, UUID, assert_nowhere
 
@@ -128,41 +129,17 @@ def rejecting_server() -> Iterator[Rejecting]:
 # --- Log records --------------------------------------------------------------------------------
 
 
-class Records(logging.Handler):
-    """Every record logged in the process while installed; a bounded wait for the ones still to come."""
+class Records(helpers.Records):
+    """The records, and the example's lines among them as the example formats them."""
 
     def __init__(self) -> None:
-        super().__init__(logging.DEBUG)
-        self._records: list[logging.LogRecord] = []
-        self._arrived = threading.Condition()
+        super().__init__()
         self._lines = logging.Formatter(web_apps.FORMAT)
-
-    def emit(self, record: logging.LogRecord) -> None:
-        with self._arrived:
-            self._records.append(record)
-            self._arrived.notify_all()
-
-    @property
-    def records(self) -> list[logging.LogRecord]:
-        with self._arrived:
-            return list(self._records)
-
-    def wait_until(self, done: Callable[[list[logging.LogRecord]], bool]) -> list[logging.LogRecord]:
-        """The records, once ``done(records)`` is true: the background task logs after the response."""
-        with self._arrived:
-            if not self._arrived.wait_for(lambda: done(self._records), TIMEOUT):
-                arrived = [(r.name, r.levelname, r.getMessage()[:80]) for r in self._records]
-                pytest.fail(f"timed out after {TIMEOUT} s waiting for log records; these arrived: {arrived}")
-            return list(self._records)
 
     def lines(self, records: list[logging.LogRecord] | None = None) -> list[str]:
         """The example's log lines, formatted as it formats them: id, client, message, thread."""
         chosen = self.records if records is None else records
         return [self._lines.format(record) for record in chosen if record.name == "shop"]
-
-    def texts(self) -> list[str]:
-        """Every record's message, the server's included."""
-        return [record.getMessage() for record in self.records]
 
 
 def of_client(records: list[logging.LogRecord], client: str) -> list[logging.LogRecord]:
@@ -181,6 +158,11 @@ def reports_of(records: list[logging.LogRecord], raised: BaseException) -> list[
     the object, not for a count, which another server's late report (or two arriving between two wakeups
     of the waiting thread) would throw off."""
     return [r for r in uvicorn_errors(records) if r.exc_info and r.exc_info[1] is raised]
+
+
+def reports_saying(records: list[logging.LogRecord], message: str) -> list[logging.LogRecord]:
+    """uvicorn's reports of exceptions whose message is ``message``."""
+    return [r for r in uvicorn_errors(records) if r.exc_info and str(r.exc_info[1]) == message]
 
 
 @pytest.fixture
@@ -344,9 +326,9 @@ class TestRaising:
         response = httpx.get(url, headers={"X-Request-ID": NGINX}, timeout=TIMEOUT)
         assert response.status_code == 500
         assert response.headers.get_list("x-request-id") == [NGINX]
-        # The example raises a new exception each time: any report of it will do (this module's other
-        # tests wait for their own reports, so none is left in flight).
-        seen = records.wait_until(lambda got: bool(uvicorn_errors(got)))
+        # The example raises a new exception each time, so its report is known by the message.
+        seen = records.wait_until(lambda got: bool(reports_saying(got, "this endpoint always fails")))
+        assert len(reports_saying(seen, "this endpoint always fails")) == 1
         assert [(r.__dict__["request_id"], r.getMessage()) for r in of_client(seen, tag)] == [
             (NGINX, "about to fail")
         ]
