@@ -1201,15 +1201,17 @@ class TestASGIConcurrency:
 # --- Hostile headers ----------------------------------------------------------------------------
 
 # What a client may put on the wire. WSGI gets these bytes decoded as latin-1 (PEP 3333); ASGI gets them.
+# What follows a break ("xyz") holds no hex digit: assert_nowhere looks for it in lines that carry random hex
+# ids, and a piece such as "def" is in one of those by chance about once in 140 (CI on 3.14 met it).
 HOSTILE = [
     pytest.param(b"abc\r\nSet-Cookie: x=1", id="crlf-injection"),
-    pytest.param(b"abc\ndef", id="lf"),
-    pytest.param(b"abc\rdef", id="cr"),
-    pytest.param(b"abc\x00def", id="nul"),
-    pytest.param(b"abc\tdef", id="tab"),
-    pytest.param(b"abc\x1b[31mdef", id="escape-sequence"),
-    pytest.param(b"abc\x7fdef", id="del"),
-    pytest.param(b"abc\x85def", id="c1-nel"),
+    pytest.param(b"abc\nxyz", id="lf"),
+    pytest.param(b"abc\rxyz", id="cr"),
+    pytest.param(b"abc\x00xyz", id="nul"),
+    pytest.param(b"abc\txyz", id="tab"),
+    pytest.param(b"abc\x1b[31mxyz", id="escape-sequence"),
+    pytest.param(b"abc\x7fxyz", id="del"),
+    pytest.param(b"abc\x85xyz", id="c1-nel"),
     pytest.param(b"a" * 10240, id="10kB"),
     pytest.param(b"a" * 129, id="129-chars"),
     pytest.param(b"", id="empty"),
@@ -1219,17 +1221,17 @@ HOSTILE = [
     pytest.param("caf\xe9".encode(), id="utf-8"),
     pytest.param("req-\u0430bc".encode(), id="cyrillic-a"),
     pytest.param("\uff11\uff12\uff13".encode(), id="fullwidth-digits"),
-    pytest.param("abc\u200bdef".encode(), id="zero-width-space"),
-    pytest.param("abc\u202edef".encode(), id="rtl-override"),
+    pytest.param("abc\u200bxyz".encode(), id="zero-width-space"),
+    pytest.param("abc\u202exyz".encode(), id="rtl-override"),
     pytest.param(b"abc,abc", id="comma-joined-equal"),
-    pytest.param(b"abc, def", id="comma-joined"),
+    pytest.param(b"abc, xyz", id="comma-joined"),
     pytest.param(b'"abc"', id="quotes"),
     pytest.param(b"<script>alert(1)</script>", id="script"),
     pytest.param(b"../../etc/passwd", id="path-traversal"),
     pytest.param(b"${jndi:ldap://x}", id="jndi"),
     pytest.param(b"abc%0d%0aSet-Cookie:%20x=1", id="percent-crlf"),
-    pytest.param(b"abc;def", id="semicolon"),
-    pytest.param(b"abc def", id="inner-space"),
+    pytest.param(b"abc;xyz", id="semicolon"),
+    pytest.param(b"abc xyz", id="inner-space"),
 ]
 
 

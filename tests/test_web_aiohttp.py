@@ -531,7 +531,7 @@ WIRE = [
     *(_case([case.values[0]], str(case.id)) for case in HOSTILE),
     _case([b"a" * 200], "200-chars"),
     _case([b"a b"], "a-b"),
-    _case([b"abc\x01def"], "soh"),
+    _case([b"abc\x01xyz"], "soh"),
     _case([NGINX.encode(), NGINX.encode()], "twice-equal"),
     _case([NGINX.encode(), UUID.encode()], "twice-different"),
 ]

@@ -279,8 +279,8 @@ def parse_lines(lines: list[str]) -> list[dict[str, str]]:
 
 
 def masked(text: str) -> str:
-    """``text`` with each 32-hex run blanked: a random id may contain a short raw value by chance
-    ("def"), and no hostile value holds 32 hex digits, so this hides no leak."""
+    """``text`` with each 32-hex run blanked: a random id may contain a short raw value by chance (the
+    "def" of twice-different), and no hostile value holds 32 hex digits, so this hides no leak."""
     return HEX_ID.sub("<id>", text)
 
 
