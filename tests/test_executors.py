@@ -466,6 +466,7 @@ class TestReturnedFutures:
         release.set()
         wait(ran)
         future.result(TIMEOUT)
+        executor.submit(lambda: None).result(TIMEOUT)  # the worker is past the callback (its one worker)
         del store
         gc.collect()
         assert ref() is None

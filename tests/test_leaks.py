@@ -116,6 +116,9 @@ def test_store_released_when_the_request_ends(
             storage.run(store, pool_hops[hop], plain)
         else:
             storage.run(store, _thread_hops(storage)[hop])
+        # The result (or the callback's event) can reach this thread while the worker still holds the
+        # hop's work item; its one worker takes the next item only once it let go of that one.
+        plain.submit(lambda: None).result(TIMEOUT)
         del store
         assert ref() is None, f"{hop}: the store outlived its request"
 
@@ -184,6 +187,7 @@ def test_disable_keeps_nothing(storage: AsyncLocalStorage[object]) -> None:
     old_var = storage._var  # not weak-referenceable: its reference count tells instead
     with als.ContextThreadPoolExecutor(max_workers=1) as pool:
         storage.run(store, pool.submit, storage.get_store).result(TIMEOUT)
+        pool.submit(lambda: None).result(TIMEOUT)  # its one worker has let go of the first item
         storage.disable()
         del store
         assert ref() is None

@@ -321,6 +321,7 @@ class TestThreadPools:
         ref = weakref.ref(store)
         with ThreadPoolExecutor(max_workers=1) as executor:
             storage.run(store, executor.submit, storage.get_store).result(TIMEOUT)
+            executor.submit(lambda: None).result(TIMEOUT)  # the worker has let go of A's work item
             del store
             gc.collect()
             assert ref() is None  # the idle worker keeps nothing of request A

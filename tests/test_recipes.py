@@ -17,7 +17,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
@@ -47,6 +47,10 @@ def free_port() -> int:
         return int(probe.getsockname()[1])
 
 
+class PortTaken(Exception):
+    """The server could not bind the port it was given: something took it after ``free_port`` freed it."""
+
+
 def clean_env(**extra: str) -> dict[str, str]:
     """This environment without settings that would change how a recipe runs, plus ``extra``."""
     dropped = ("FLASK_", "DJANGO_", "GUNICORN_", "CELERY_", "UVICORN_")
@@ -57,15 +61,16 @@ def clean_env(**extra: str) -> dict[str, str]:
 def running(
     command: list[str],
     output: Path,
-    ready: str | int,
+    ready: str,
     env: dict[str, str] | None = None,
     stop: signal.Signals = signal.SIGINT,
 ) -> Iterator[None]:
     """Run ``command`` in examples/recipes/, its stdout and stderr into ``output``; yield once it is up.
 
-    Up: ``ready`` (a port) accepts connections, or (a string) appears in ``output``, polled with a deadline;
-    it never orders anything else. After: ``stop`` (Ctrl+C by default), a bounded wait for a clean exit
-    (status 0), and its whole process group gone (SIGKILL, and a failure, otherwise).
+    Up: ``ready``, a line only this server prints once it listens, appears in ``output``, polled with a
+    deadline; it never orders anything else. An exit saying the address is in use raises ``PortTaken``.
+    After: ``stop`` (Ctrl+C by default), a bounded wait for a clean exit (status 0), and its whole process
+    group gone (SIGKILL, and a failure, otherwise).
     """
     with output.open("wb") as sink:
         process = subprocess.Popen(
@@ -78,7 +83,9 @@ def running(
         )
     try:
         deadline = time.monotonic() + 3 * TIMEOUT
-        while not is_up(ready, output):
+        while ready not in output.read_text():
+            if process.poll() is not None and "address already in use" in output.read_text().lower():
+                raise PortTaken(output.read_text())
             assert process.poll() is None, f"{command[2]} exited:\n{output.read_text()}"
             assert time.monotonic() < deadline, f"{command[2]} did not start:\n{output.read_text()}"
             time.sleep(0.05)
@@ -97,14 +104,22 @@ def running(
     assert process.returncode == 0, output.read_text()
 
 
-def is_up(ready: str | int, output: Path) -> bool:
-    if isinstance(ready, str):
-        return ready in output.read_text()
-    try:
-        with socket.create_connection(("127.0.0.1", ready), timeout=1):
-            return True
-    except OSError:
-        return False
+@contextlib.contextmanager
+def serving(command: Callable[[int], list[str]], output: Path, ready: str) -> Iterator[int]:
+    """``running(command(port), output, ready.format(port=port))`` on a port that was free a moment before;
+    yield the port. The other xdist worker binds ports too and may take this one before the server does:
+    then, and only then, again on a fresh port (three tries). Waiting for the server's own startup line
+    rather than for the port to accept means another process there cannot pass for it."""
+    for attempt in range(3):
+        port = free_port()
+        try:
+            with running(command(port), output, ready.format(port=port)):
+                yield port
+        except PortTaken:
+            if attempt == 2:
+                raise
+            continue
+        return
 
 
 def group_alive(pgid: int) -> bool:
@@ -147,11 +162,10 @@ def matches(pattern: str, text: str) -> list[tuple[str, ...]]:
 def test_flask_run(tmp_path: Path) -> None:
     """Under ``flask run`` (werkzeug's threaded dev server), each concurrent request's line and response
     carry its id; werkzeug's own access line does not: it is logged outside the app, in the server thread."""
-    port = free_port()
     output = tmp_path / "flask.out"
     requests = sent("flask", "/order")
-    command = [sys.executable, "-m", "flask", "--app", "flask_app", "run", "--port", str(port)]
-    with running(command, output, port):
+    command = [sys.executable, "-m", "flask", "--app", "flask_app", "run", "--port"]
+    with serving(lambda port: [*command, str(port)], output, "Running on http://127.0.0.1:{port}") as port:
         answers = fire(port, requests)
     ids = returned_ids(requests, answers)
     text = output.read_text()
@@ -197,10 +211,9 @@ def serve_fastapi(
     filter_config["storage"] = f"ext://{module}.storage"
     log_config = tmp_path / "uvicorn_logging.json"
     log_config.write_text(json.dumps(config))
-    port = free_port()
     output = tmp_path / "uvicorn.out"
-    command = [sys.executable, "-m", "uvicorn", f"{module}:app", "--port", str(port)]
-    with running([*command, "--log-config", str(log_config)], output, port):
+    command = [sys.executable, "-m", "uvicorn", f"{module}:app", "--log-config", str(log_config), "--port"]
+    with serving(lambda port: [*command, str(port)], output, "running on http://127.0.0.1:{port}") as port:
         answers = fire(port, requests)
         boom = httpx.get(f"http://127.0.0.1:{port}/boom", headers={"X-Request-ID": "boom-1"}, timeout=TIMEOUT)
     ids = returned_ids(requests, answers)
