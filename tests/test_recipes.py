@@ -13,17 +13,19 @@ import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 
 from .helpers import EXAMPLES, TIMEOUT
-from .test_celery import broker  # noqa: F401 - the fixture: a redis-server of this module's own
+from .test_celery import (
+    broker,  # noqa: F401 - the fixture: a redis-server of this module's own
+    free_port,
+)
 from .test_web_wsgi_servers import Sent, fire, gunicorn_serving
 
 RECIPES = EXAMPLES / "recipes"
@@ -39,12 +41,6 @@ import os, signal, sys
 signal.signal(signal.SIGINT, signal.SIG_DFL)
 os.execv(sys.argv[1], sys.argv[1:])
 """
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 class PortTaken(Exception):
@@ -83,11 +79,11 @@ def running(
         )
     try:
         deadline = time.monotonic() + 3 * TIMEOUT
-        while ready not in output.read_text():
-            if process.poll() is not None and "address already in use" in output.read_text().lower():
-                raise PortTaken(output.read_text())
+        while ready not in (text := output.read_text()):
+            if process.poll() is not None and "address already in use" in text.lower():
+                raise PortTaken(text)
             assert process.poll() is None, f"{command[2]} exited:\n{output.read_text()}"
-            assert time.monotonic() < deadline, f"{command[2]} did not start:\n{output.read_text()}"
+            assert time.monotonic() < deadline, f"{command[2]} did not start:\n{text}"
             time.sleep(0.05)
         yield
     finally:
@@ -105,15 +101,15 @@ def running(
 
 
 @contextlib.contextmanager
-def serving(command: Callable[[int], list[str]], output: Path, ready: str) -> Iterator[int]:
-    """``running(command(port), output, ready.format(port=port))`` on a port that was free a moment before;
-    yield the port. The other xdist worker binds ports too and may take this one before the server does:
-    then, and only then, again on a fresh port (three tries). Waiting for the server's own startup line
-    rather than for the port to accept means another process there cannot pass for it."""
+def serving(command: list[str], output: Path, ready: str) -> Iterator[int]:
+    """``running([*command, port], output, ready.format(port=port))`` on a port that was free a moment
+    before; yield the port. The other xdist worker binds ports too and may take this one before the server
+    does: then, and only then, again on a fresh port (three tries). Waiting for the server's own startup
+    line rather than for the port to accept means another process there cannot pass for it."""
     for attempt in range(3):
         port = free_port()
         try:
-            with running(command(port), output, ready.format(port=port)):
+            with running([*command, str(port)], output, ready.format(port=port)):
                 yield port
         except PortTaken:
             if attempt == 2:
@@ -165,7 +161,7 @@ def test_flask_run(tmp_path: Path) -> None:
     output = tmp_path / "flask.out"
     requests = sent("flask", "/order")
     command = [sys.executable, "-m", "flask", "--app", "flask_app", "run", "--port"]
-    with serving(lambda port: [*command, str(port)], output, "Running on http://127.0.0.1:{port}") as port:
+    with serving(command, output, "Running on http://127.0.0.1:{port}") as port:
         answers = fire(port, requests)
     ids = returned_ids(requests, answers)
     text = output.read_text()
@@ -213,7 +209,7 @@ def serve_fastapi(
     log_config.write_text(json.dumps(config))
     output = tmp_path / "uvicorn.out"
     command = [sys.executable, "-m", "uvicorn", f"{module}:app", "--log-config", str(log_config), "--port"]
-    with serving(lambda port: [*command, str(port)], output, "running on http://127.0.0.1:{port}") as port:
+    with serving(command, output, "running on http://127.0.0.1:{port}") as port:
         answers = fire(port, requests)
         boom = httpx.get(f"http://127.0.0.1:{port}/boom", headers={"X-Request-ID": "boom-1"}, timeout=TIMEOUT)
     ids = returned_ids(requests, answers)
